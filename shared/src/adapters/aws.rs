@@ -1,0 +1,453 @@
+//! AWS backend: DynamoDB for records and authorization states, Secrets Manager for secrets.
+//!
+//! Table layout (one table, see template.yaml):
+//! - mailbox: `pk = T#<tenant>`, `sk = M#<mailbox id>`, `version` (N), `data` (S: the record as JSON)
+//! - authorization state: `pk = S#<state>`, `sk = S`, `data`, `ttl` (N, epoch seconds; reads
+//!   check expiry themselves because DynamoDB deletes expired items late)
+//!
+//! Secrets: one per mailbox, named `<prefix><tenant>/<mailbox id>`, holding the JSON of
+//! [`MailboxSecret`].
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType,
+};
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+
+use crate::domain::mailbox::MailboxRecord;
+use crate::domain::{MailboxId, TenantId};
+use crate::ports::{
+    AuthState, AuthStateStore, MailboxSecret, MailboxStore, SecretStore, StoreError,
+};
+
+/// The name of the due-time index used by the refresh job.
+pub const DUE_INDEX: &str = "due";
+
+fn unavailable<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn sdk_error<E, R>(e: aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = e.code().unwrap_or("unknown").to_owned();
+    let msg = e.message().unwrap_or_default().to_owned();
+    StoreError::Unavailable(format!(
+        "{code}: {msg} ({})",
+        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+    ))
+}
+
+/// Load the shared AWS configuration once (region, credentials, `AWS_ENDPOINT_URL`).
+pub async fn load_sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn mailbox_key(tenant: &TenantId, id: &MailboxId) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_owned(), s(format!("T#{tenant}"))),
+        ("sk".to_owned(), s(format!("M#{id}"))),
+    ])
+}
+
+fn state_key(state: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_owned(), s(format!("S#{state}"))),
+        ("sk".to_owned(), s("S")),
+    ])
+}
+
+fn data_of<T: serde::de::DeserializeOwned>(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<T, StoreError> {
+    let data = item
+        .get("data")
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| StoreError::Corrupt("item has no data attribute".into()))?;
+    serde_json::from_str(data).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn mailbox_item(r: &MailboxRecord) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    let mut item = mailbox_key(&r.tenant, &r.id);
+    item.insert("version".into(), AttributeValue::N(r.version.to_string()));
+    item.insert(
+        "created_at".into(),
+        s(r.created_at.unix_timestamp_nanos().to_string()),
+    );
+    item.insert(
+        "data".into(),
+        s(serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+    );
+    Ok(item)
+}
+
+impl DynamoStore {
+    pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self {
+            client: aws_sdk_dynamodb::Client::new(config),
+            table: table.into(),
+        }
+    }
+
+    /// Create the table (as template.yaml declares it) if it does not exist. For the local
+    /// server against an emulator and for tests; in AWS the template owns the table.
+    pub async fn create_table_if_missing(&self) -> Result<(), StoreError> {
+        let attr = |n: &str, t: ScalarAttributeType| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(t)
+                .build()
+                .map_err(unavailable)
+        };
+        let key = |n: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(t)
+                .build()
+                .map_err(unavailable)
+        };
+        let result = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("sk", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("due_shard", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("due_at", ScalarAttributeType::N)?)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(DUE_INDEX)
+                    .key_schema(key("due_shard", KeyType::Hash)?)
+                    .key_schema(key("due_at", KeyType::Range)?)
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .map_err(unavailable)?,
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_in_use_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl MailboxStore for DynamoStore {
+    async fn insert(&self, record: &MailboxRecord) -> Result<MailboxRecord, StoreError> {
+        let mut r = record.clone();
+        r.version = 1;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(mailbox_item(&r)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(r),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    async fn get(
+        &self,
+        tenant: &TenantId,
+        id: &MailboxId,
+    ) -> Result<Option<MailboxRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(mailbox_key(tenant, id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        out.item().map(data_of).transpose()
+    }
+
+    async fn list(&self, tenant: &TenantId) -> Result<Vec<MailboxRecord>, StoreError> {
+        let items: Vec<HashMap<String, AttributeValue>> = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :m)")
+            .expression_attribute_values(":pk", s(format!("T#{tenant}")))
+            .expression_attribute_values(":m", s("M#"))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(sdk_error)?;
+        let mut out = items
+            .iter()
+            .map(data_of::<MailboxRecord>)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
+        Ok(out)
+    }
+
+    async fn update(&self, record: &MailboxRecord) -> Result<MailboxRecord, StoreError> {
+        let mut r = record.clone();
+        let expected = r.version;
+        r.version = expected + 1;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(mailbox_item(&r)?))
+            .condition_expression("version = :expected")
+            .expression_attribute_values(":expected", AttributeValue::N(expected.to_string()))
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(r),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                    // no old item → the mailbox was deleted meanwhile
+                    if c.item().is_some_and(|i| !i.is_empty()) { Err(StoreError::Conflict) } else { Err(StoreError::NotFound) }
+                }
+                _ => Err(sdk_error(e)),
+            },
+        }
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: &MailboxId) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(mailbox_key(tenant, id)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+    }
+}
+
+#[async_trait]
+impl AuthStateStore for DynamoStore {
+    async fn put_state(&self, state: &AuthState) -> Result<(), StoreError> {
+        let mut item = state_key(state.state.expose());
+        item.insert(
+            "data".into(),
+            s(serde_json::to_string(state).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+        );
+        item.insert(
+            "ttl".into(),
+            AttributeValue::N(state.expires_at.unix_timestamp().to_string()),
+        );
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    async fn take_state(&self, state: &str) -> Result<Option<AuthState>, StoreError> {
+        // DeleteItem returning the old item is atomic: only one caller gets it.
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(state_key(state)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        match out.attributes() {
+            Some(item) if !item.is_empty() => data_of(item).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SecretsManagerStore {
+    client: aws_sdk_secretsmanager::Client,
+    prefix: String,
+}
+
+impl SecretsManagerStore {
+    pub fn new(config: &aws_config::SdkConfig, prefix: impl Into<String>) -> Self {
+        Self {
+            client: aws_sdk_secretsmanager::Client::new(config),
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn secret_name(&self, tenant: &TenantId, id: &MailboxId) -> String {
+        format!("{}{}/{}", self.prefix, tenant, id)
+    }
+}
+
+fn sm_error<E, R>(e: aws_sdk_secretsmanager::error::SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    // DisplayErrorContext never includes request bodies, so no secret value can leak here.
+    StoreError::Unavailable(format!(
+        "{}: {}",
+        e.code().unwrap_or("unknown"),
+        aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+    ))
+}
+
+#[async_trait]
+impl SecretStore for SecretsManagerStore {
+    async fn get(
+        &self,
+        tenant: &TenantId,
+        id: &MailboxId,
+    ) -> Result<Option<MailboxSecret>, StoreError> {
+        let result = self
+            .client
+            .get_secret_value()
+            .secret_id(self.secret_name(tenant, id))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let text = out
+                    .secret_string()
+                    .ok_or_else(|| StoreError::Corrupt("secret has no string value".into()))?;
+                serde_json::from_str(text).map(Some).map_err(|e| {
+                    StoreError::Corrupt(format!("secret is not valid JSON: {}", e.classify() as u8))
+                })
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(sm_error(e)),
+        }
+    }
+
+    async fn put(
+        &self,
+        tenant: &TenantId,
+        id: &MailboxId,
+        secret: &MailboxSecret,
+    ) -> Result<(), StoreError> {
+        let name = self.secret_name(tenant, id);
+        let body = serde_json::to_string(secret).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let put = self
+            .client
+            .put_secret_value()
+            .secret_id(&name)
+            .secret_string(&body)
+            .send()
+            .await;
+        match put {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_not_found_exception()) => {}
+            Err(e) => return Err(sm_error(e)),
+        }
+        let create = self
+            .client
+            .create_secret()
+            .name(&name)
+            .description("outgoing-mail: OAuth tokens and client secret of one mailbox")
+            .secret_string(&body)
+            .send()
+            .await;
+        match create {
+            Ok(_) => Ok(()),
+            // created concurrently: write our value as the new version
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_exists_exception()) =>
+            {
+                self.client
+                    .put_secret_value()
+                    .secret_id(&name)
+                    .secret_string(&body)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(sm_error)
+            }
+            Err(e) => Err(sm_error(e)),
+        }
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: &MailboxId) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_secret()
+            .secret_id(self.secret_name(tenant, id))
+            .force_delete_without_recovery(true)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_not_found_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sm_error(e)),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Use cases. They talk to ports only (no AWS, no Lambda, no HTTP framework).
+
+pub mod authorize;
+pub mod mailboxes;
+pub mod tokens;
+pub mod verify;
+
+use crate::app::App;
+use crate::domain::mailbox::MailboxRecord;
+use crate::domain::{FieldError, MailboxId, TenantId};
+use crate::ports::StoreError;
+
+/// What a use case can fail with; the API layer maps each to a status and a JSON error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("{code}: {message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("mailbox not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("server misconfigured: {0}")]
+    Misconfigured(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ServiceError::NotFound,
+            StoreError::Conflict => ServiceError::Conflict(
+                "the mailbox was changed concurrently; reload and try again".into(),
+            ),
+            StoreError::Unavailable(m) | StoreError::Corrupt(m) => ServiceError::Unavailable(m),
+        }
+    }
+}
+
+pub(crate) async fn load(
+    app: &App,
+    tenant: &TenantId,
+    id: &MailboxId,
+) -> Result<MailboxRecord, ServiceError> {
+    app.mailboxes
+        .get(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)
+}
+
+/// Read–modify–write with the store's version check, retried on conflicts.
+/// `f` returns `false` to write nothing (e.g. the configuration changed meanwhile).
+pub(crate) async fn modify(
+    app: &App,
+    tenant: &TenantId,
+    id: &MailboxId,
+    mut f: impl FnMut(&mut MailboxRecord) -> bool,
+) -> Result<MailboxRecord, ServiceError> {
+    for _ in 0..5 {
+        let mut r = load(app, tenant, id).await?;
+        if !f(&mut r) {
+            return Ok(r);
+        }
+        r.updated_at = app.clock.now();
+        match app.mailboxes.update(&r).await {
+            Ok(saved) => return Ok(saved),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Conflict.into())
+}
