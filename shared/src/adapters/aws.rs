@@ -43,6 +43,8 @@ where
     ))
 }
 
+pub use aws_config::SdkConfig;
+
 /// Load the shared AWS configuration once (region, credentials, `AWS_ENDPOINT_URL`).
 pub async fn load_sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await

@@ -1065,6 +1065,20 @@ impl MailboxView {
             }
             _ => None,
         };
+        // warnings are part of what a person should read
+        let status_message = if s.status_warnings.is_empty() {
+            status_message
+        } else {
+            let warnings: Vec<&str> = s
+                .status_warnings
+                .iter()
+                .map(|w| w.message.as_str())
+                .collect();
+            Some(match status_message {
+                Some(m) => format!("{m} Warning: {}", warnings.join(" ")),
+                None => format!("Warning: {}", warnings.join(" ")),
+            })
+        };
         Self {
             id: r.id.clone(),
             auth: r.spec.auth,
