@@ -475,13 +475,32 @@ async fn healthz() -> Response {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-async fn notifications_not_yet(State(app): State<App>, req: Request) -> ApiResult {
-    tenant_of(&app, &req)?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "Sending notifications is not implemented yet.",
-    ))
+/// `POST /notifications`: deliver now. 202 delivered (or duplicate of an earlier delivery),
+/// 422 failed for good, 503 + Retry-After when it should be tried again.
+async fn post_notification(State(app): State<App>, req: Request) -> ApiResult {
+    let tenant = tenant_of(&app, &req)?;
+    let body = json_body(req).await?;
+    if body.get("tenant").is_some() {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "read_only",
+            message: "tenant: is taken from the caller's credentials and cannot be set".into(),
+            field: Some("tenant".into()),
+        });
+    }
+    let n = crate::domain::notification::parse_notification(&body).map_err(ServiceError::from)?;
+    let result = crate::service::send::deliver(&app, &tenant, &n).await;
+    let status = match result.status {
+        "delivered" | "duplicate" => StatusCode::ACCEPTED,
+        "failed" => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut resp = json_response(status, &result);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    }
+    Ok(resp)
 }
 
 async fn not_found() -> Response {
@@ -501,7 +520,7 @@ fn handler_for(route: &Route) -> MethodRouter<App> {
         ("POST", "/mailboxes/{id}/verify") => on(filter, verify_mailbox),
         ("POST", "/mailboxes/{id}/authorize") => on(filter, authorize_mailbox),
         ("GET", "/oauth/callback") => on(filter, oauth_callback),
-        ("POST", "/notifications") => on(filter, notifications_not_yet),
+        ("POST", "/notifications") => on(filter, post_notification),
         _ => on(filter, healthz),
     }
 }

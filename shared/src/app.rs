@@ -7,8 +7,11 @@ use crate::adapters::smtp::LettreTransport;
 use crate::config::{Settings, StoreKind};
 use crate::domain::{Sensitive, TenantId};
 use crate::ports::{
-    AuthStateStore, Clock, MailTransport, MailboxStore, SecretStore, SystemClock, TokenEndpoint,
+    AuthStateStore, Clock, DeliveryLog, LeaseStore, MailTransport, MailboxStore, SecretStore,
+    SystemClock, TokenEndpoint,
 };
+use crate::service::send::{DefaultSenderSource, EnvDefaultSender};
+use crate::service::warm::WarmCache;
 
 /// How a management request names its tenant.
 #[derive(Debug, Clone)]
@@ -25,12 +28,18 @@ pub struct App {
     pub mailboxes: Arc<dyn MailboxStore>,
     pub states: Arc<dyn AuthStateStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub leases: Arc<dyn LeaseStore>,
+    pub deliveries: Arc<dyn DeliveryLog>,
     pub tokens: Arc<dyn TokenEndpoint>,
     pub mail: Arc<dyn MailTransport>,
     pub clock: Arc<dyn Clock>,
     /// Base URL for the redirect URI; `None` in Lambda means "derive from the request".
     pub public_url: Option<String>,
     pub tenancy: Tenancy,
+    /// The platform's own sender, for mailboxes that cannot send.
+    pub default_sender: Arc<dyn DefaultSenderSource>,
+    /// What a warm process keeps between invocations: tokens, SMTP connections.
+    pub warm: Arc<WarmCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,8 @@ pub struct Stores {
     pub mailboxes: Arc<dyn MailboxStore>,
     pub states: Arc<dyn AuthStateStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub leases: Arc<dyn LeaseStore>,
+    pub deliveries: Arc<dyn DeliveryLog>,
 }
 
 pub async fn open_stores(settings: &Settings) -> Result<Stores, StartupError> {
@@ -63,7 +74,9 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartupError> {
             );
             Ok(Stores {
                 mailboxes: store.clone(),
-                states: store,
+                states: store.clone(),
+                leases: store.clone(),
+                deliveries: store,
                 secrets,
             })
         }
@@ -83,7 +96,9 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartupError> {
             ));
             Ok(Stores {
                 mailboxes: store.clone(),
-                states: store,
+                states: store.clone(),
+                leases: store.clone(),
+                deliveries: store,
                 secrets,
             })
         }
@@ -114,15 +129,23 @@ impl App {
             .map_err(|e| StartupError::Backend(format!("OUTGOING_MAIL_EXTRA_CA: {e}")))?;
         let mail = LettreTransport::new(ca, settings.smtp_timeout)
             .map_err(|e| StartupError::Backend(format!("OUTGOING_MAIL_EXTRA_CA: {e}")))?;
+        let default_sender: Arc<dyn DefaultSenderSource> = match &settings.default_sender {
+            Some(s) => Arc::new(EnvDefaultSender(Some(s.clone()))),
+            None => default_sender_from_secret(settings),
+        };
         Ok(Self {
             mailboxes: stores.mailboxes,
             states: stores.states,
             secrets: stores.secrets,
+            leases: stores.leases,
+            deliveries: stores.deliveries,
             tokens: Arc::new(tokens),
             mail: Arc::new(mail),
             clock: Arc::new(SystemClock),
             public_url: settings.public_url.clone(),
             tenancy,
+            default_sender,
+            warm: Arc::default(),
         })
     }
 
@@ -130,4 +153,17 @@ impl App {
     pub fn redirect_uri(base: &str) -> String {
         format!("{}/oauth/callback", base.trim_end_matches('/'))
     }
+}
+
+#[cfg(feature = "aws")]
+fn default_sender_from_secret(settings: &Settings) -> Arc<dyn DefaultSenderSource> {
+    match &settings.default_sender_secret {
+        Some(id) => Arc::new(crate::adapters::aws::SecretDefaultSender::new(id.clone())),
+        None => Arc::new(EnvDefaultSender(None)),
+    }
+}
+
+#[cfg(not(feature = "aws"))]
+fn default_sender_from_secret(_settings: &Settings) -> Arc<dyn DefaultSenderSource> {
+    Arc::new(EnvDefaultSender(None))
 }

@@ -33,6 +33,10 @@ pub struct Settings {
     pub tenant_claim: String,
     pub token_timeout: std::time::Duration,
     pub smtp_timeout: std::time::Duration,
+    /// The platform's default sender, inline (OUTGOING_MAIL_DEFAULT_SENDER, JSON).
+    pub default_sender: Option<crate::service::send::DefaultSender>,
+    /// … or the id/ARN of a Secrets Manager secret holding that JSON.
+    pub default_sender_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,7 +176,16 @@ impl Settings {
                     }),
             }
         };
+        let default_sender = match get("OUTGOING_MAIL_DEFAULT_SENDER") {
+            Some(json) => Some(
+                crate::service::send::DefaultSender::parse(&json)
+                    .map_err(|e| err("OUTGOING_MAIL_DEFAULT_SENDER", e))?,
+            ),
+            None => None,
+        };
         Ok(Self {
+            default_sender,
+            default_sender_secret: get("OUTGOING_MAIL_DEFAULT_SENDER_SECRET"),
             store,
             data_dir: PathBuf::from(
                 get("OUTGOING_MAIL_DATA_DIR").unwrap_or_else(|| "./.outgoing-mail".to_owned()),

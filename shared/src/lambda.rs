@@ -25,3 +25,153 @@ pub async fn run_http(function: Function) -> Result<(), lambda_http::Error> {
     .inspect_err(|e| tracing::error!("{e}"))?;
     lambda_http::run(router(app, &[function])).await
 }
+
+/// The send-notification function: one handler, three doors (SQS batch, direct invoke,
+/// HTTP API `POST /notifications`).
+pub async fn run_send_notification() -> Result<(), lambda_runtime::Error> {
+    crate::telemetry::init();
+    let settings = Settings::from_env(Profile::Lambda).inspect_err(|e| tracing::error!("{e}"))?;
+    let app = App::from_settings(
+        &settings,
+        Tenancy::JwtClaim {
+            claim: settings.tenant_claim.clone(),
+        },
+    )
+    .await
+    .inspect_err(|e| tracing::error!("{e}"))?;
+    let http = router(app.clone(), &[Function::SendNotification]);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let (app, http) = (app.clone(), http.clone());
+            async move {
+                Ok::<_, lambda_runtime::Error>(
+                    send_notification_event(&app, &http, event.payload).await,
+                )
+            }
+        },
+    ))
+    .await
+}
+
+/// Most notifications of one SQS batch sent at the same time.
+pub const BATCH_CONCURRENCY: usize = 10;
+
+/// Dispatch one event of any of the three shapes; returns the function's response.
+pub async fn send_notification_event(
+    app: &App,
+    http: &axum::Router,
+    event: serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::json;
+    if event.get("Records").is_some() {
+        let batch: aws_lambda_events::event::sqs::SqsEvent = match serde_json::from_value(event) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "not an SQS batch");
+                return json!({"batchItemFailures": []});
+            }
+        };
+        return serde_json::to_value(handle_sqs_batch(app, batch).await)
+            .unwrap_or_else(|_| json!({"batchItemFailures": []}));
+    }
+    if event.get("requestContext").is_some() && event.get("rawPath").is_some() {
+        return handle_http_event(http, &event).await;
+    }
+    // direct invocation: the notification itself
+    match crate::service::send::parse_from_producer(&event) {
+        Ok((tenant, n)) => {
+            serde_json::to_value(crate::service::send::deliver(app, &tenant, &n).await)
+                .unwrap_or_default()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "rejected a directly invoked notification");
+            let field = match &e {
+                crate::service::send::Rejected::Invalid(f) => f.field.clone(),
+                crate::service::send::Rejected::NoTenant => "tenant".into(),
+            };
+            json!({"status": "rejected", "error": {"code": "invalid_notification", "field": field, "message": e.to_string()}})
+        }
+    }
+}
+
+/// Process an SQS batch: each record independently; only records that should be retried are
+/// reported in `batchItemFailures` (a poison message never makes the others re-send).
+pub async fn handle_sqs_batch(
+    app: &App,
+    batch: aws_lambda_events::event::sqs::SqsEvent,
+) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+    use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCH_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for record in batch.records {
+        let (app, semaphore) = (app.clone(), semaphore.clone());
+        tasks.spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            let message_id = record.message_id.clone().unwrap_or_default();
+            let body = record.body.as_deref().unwrap_or_default();
+            let parsed = serde_json::from_str::<serde_json::Value>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| crate::service::send::parse_from_producer(&v).map_err(|e| e.to_string()));
+            let retry = match parsed {
+                Ok((tenant, n)) => crate::service::send::deliver(&app, &tenant, &n).await.should_retry(),
+                Err(e) => {
+                    // cannot be sent, ever: let SQS move it to the dead-letter queue for a person
+                    tracing::error!(message_id = %message_id, error = %e, "poison message: not a valid notification");
+                    true
+                }
+            };
+            (message_id, retry)
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok((id, true)) => failures.push(id),
+            Ok((_, false)) => {}
+            Err(e) => tracing::error!(error = %e, "a batch task failed"),
+        }
+    }
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failures
+        .into_iter()
+        .map(|id| {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            f
+        })
+        .collect();
+    response
+}
+
+/// An API Gateway HTTP API event through the router, answered in payload format 2.0.
+async fn handle_http_event(http: &axum::Router, event: &serde_json::Value) -> serde_json::Value {
+    use serde_json::json;
+    use tower::ServiceExt;
+    let req = match lambda_http::request::from_str(&event.to_string()) {
+        Ok(r) => r,
+        Err(e) => {
+            return json!({"statusCode": 400, "headers": {"content-type": "application/json"}, "body": json!({"error": {"code": "invalid_request", "message": e.to_string()}}).to_string(), "isBase64Encoded": false});
+        }
+    };
+    let resp = match http.clone().oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = resp.status().as_u16();
+    let headers: serde_json::Map<String, serde_json::Value> = resp
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str().ok().map(|v| {
+                (
+                    k.as_str().to_owned(),
+                    serde_json::Value::String(v.to_owned()),
+                )
+            })
+        })
+        .collect();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    json!({"statusCode": status, "headers": headers, "body": String::from_utf8_lossy(&body), "isBase64Encoded": false})
+}

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::domain::mailbox::{MailboxRecord, OAuthSettings, SmtpSettings};
+use crate::domain::notification::OutgoingMessage;
 use crate::domain::reason::{Permanence, StatusReason};
 use crate::domain::{MailboxId, Sensitive, TenantId};
 
@@ -200,6 +201,16 @@ pub trait MailTransport: Send + Sync {
         smtp: &SmtpSettings,
         credentials: &SmtpCredentials,
     ) -> Result<(), SmtpError>;
+    /// Send one message over a pooled, authenticated connection kept for `pool_key`
+    /// (at most 3 connections per key: Exchange's per-mailbox limit). Returns the server's
+    /// final reply, e.g. `250 2.0.0 OK <id> Queued mail for delivery`.
+    async fn send(
+        &self,
+        pool_key: &str,
+        smtp: &SmtpSettings,
+        credentials: &SmtpCredentials,
+        message: &OutgoingMessage,
+    ) -> Result<String, SmtpError>;
 }
 
 pub trait Clock: Send + Sync {
@@ -214,4 +225,90 @@ impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }
+}
+
+/// Short-lived exclusive leases: one token refresh per mailbox at a time, across processes.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Take `key` for `holder` until `now + ttl` if it is free or its holder's time is up.
+    async fn try_acquire(
+        &self,
+        key: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        ttl: time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Give it back, if `holder` still holds it.
+    async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError>;
+}
+
+/// How a notification left (or did not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Delivered,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveredVia {
+    Mailbox,
+    DefaultSender,
+}
+
+/// The small, final record of one notification (no body, no secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub notification_id: String,
+    pub tenant: TenantId,
+    pub status: DeliveryStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_id: Option<MailboxId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_via: Option<DeliveredVia>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_response: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub accepted_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub completed_at: OffsetDateTime,
+}
+
+/// The answer to "may I send notification X now?".
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Yours: send it, then `complete` or `release`.
+    Started,
+    /// Already finished earlier: do not send again.
+    Done(DeliveryRecord),
+    /// Someone else is sending it right now: try again later.
+    InFlight,
+}
+
+/// Idempotency of deliveries: one notification id per tenant is sent at most once.
+#[async_trait]
+pub trait DeliveryLog: Send + Sync {
+    /// Claim the notification for `lease` (an expired claim of a crashed sender can be taken over).
+    async fn claim(
+        &self,
+        tenant: &TenantId,
+        notification_id: &str,
+        now: OffsetDateTime,
+        lease: time::Duration,
+    ) -> Result<Claim, StoreError>;
+    /// Record the final outcome; kept for `keep` (longer than any queue redelivers).
+    async fn complete(
+        &self,
+        record: &DeliveryRecord,
+        keep: time::Duration,
+    ) -> Result<(), StoreError>;
+    /// Give up a claim after a transient failure, so a retry can claim it.
+    async fn release(&self, tenant: &TenantId, notification_id: &str) -> Result<(), StoreError>;
 }

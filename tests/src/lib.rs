@@ -7,7 +7,9 @@ use outgoing_mail::api::{ALL_FUNCTIONS, Function, router};
 use outgoing_mail::app::{App, Stores, Tenancy};
 use outgoing_mail::config::{Profile, Settings};
 use outgoing_mail::domain::{MailboxId, Sensitive, TenantId};
-use outgoing_mail::ports::{AuthStateStore, MailboxSecret, MailboxStore, SecretStore};
+use outgoing_mail::ports::{
+    AuthStateStore, DeliveryLog, LeaseStore, MailboxSecret, MailboxStore, SecretStore,
+};
 use serde_json::{Value, json};
 
 pub use outgoing_mail;
@@ -35,6 +37,8 @@ pub struct TestStores {
     pub mailboxes: Arc<dyn MailboxStore>,
     pub states: Arc<dyn AuthStateStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub leases: Arc<dyn LeaseStore>,
+    pub deliveries: Arc<dyn DeliveryLog>,
     pub dir: Option<tempfile::TempDir>,
     pub table: Option<String>,
     pub secret_prefix: String,
@@ -51,7 +55,9 @@ impl TestStores {
                     Arc::new(EncryptedSecretStore::open(dir.path()).expect("open secrets"));
                 Self {
                     mailboxes: store.clone(),
-                    states: store,
+                    states: store.clone(),
+                    leases: store.clone(),
+                    deliveries: store,
                     secrets,
                     dir: Some(dir),
                     table: None,
@@ -72,7 +78,9 @@ impl TestStores {
                 let secrets = Arc::new(SecretsManagerStore::new(&sdk, prefix.clone()));
                 Self {
                     mailboxes: store.clone(),
-                    states: store,
+                    states: store.clone(),
+                    leases: store.clone(),
+                    deliveries: store,
                     secrets,
                     dir: None,
                     table: Some(table),
@@ -87,6 +95,8 @@ impl TestStores {
             mailboxes: self.mailboxes.clone(),
             states: self.states.clone(),
             secrets: self.secrets.clone(),
+            leases: self.leases.clone(),
+            deliveries: self.deliveries.clone(),
         }
     }
 }
@@ -174,6 +184,24 @@ pub fn settings(extra: &[(&str, String)]) -> Settings {
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// A second app (another "container") on the same storage as `self`.
+    pub async fn sibling(&self) -> App {
+        let settings = settings(&[("OUTGOING_MAIL_PUBLIC_URL", self.base.clone())]);
+        App::with_stores(
+            &settings,
+            Tenancy::AdminToken {
+                token: Sensitive::new(ADMIN_TOKEN),
+                tenant: self.tenant.clone(),
+            },
+            self.stores.stores(),
+        )
+        .expect("app")
+    }
+
+    pub async fn spawn_with(backend: Backend, env: &[(&str, String)]) -> Self {
         capture_logs();
         let stores = TestStores::new(backend).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -181,7 +209,9 @@ impl TestApp {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let base = format!("http://{addr}");
-        let settings = settings(&[("OUTGOING_MAIL_PUBLIC_URL", base.clone())]);
+        let mut vars = vec![("OUTGOING_MAIL_PUBLIC_URL", base.clone())];
+        vars.extend(env.iter().cloned());
+        let settings = settings(&vars);
         let tenant = TenantId::parse("local").expect("tenant");
         let app = App::with_stores(
             &settings,
@@ -406,4 +436,73 @@ pub async fn oneshot(router: &axum::Router, req: lambda_http::Request) -> (u16, 
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
+}
+
+/// A default sender on the SMTP peer (basic auth), as OUTGOING_MAIL_DEFAULT_SENDER JSON.
+/// Returns (env pair, the sender's address).
+pub fn default_sender_env() -> ((&'static str, String), String) {
+    let address = format!("platform-{}@platform.test", uuid::Uuid::new_v4().simple());
+    let json = json!({
+        "host": peer_env("OM_TEST_SMTP_HOST"), "port": peer_env("OM_TEST_SMTP_PORT").parse::<u16>().expect("port"),
+        "security": "starttls", "from_address": address, "from_name": "Platform Notifications",
+        "username": address, "password": "correct-horse"
+    });
+    (("OUTGOING_MAIL_DEFAULT_SENDER", json.to_string()), address)
+}
+
+impl TestApp {
+    /// Create an OAuth mailbox for a fresh user and authorize it to `verified`.
+    /// Returns (mailbox JSON, user, client_id).
+    pub async fn verified_mailbox(
+        &self,
+        user_flags: &str,
+        client_flags: &str,
+        extra: Value,
+    ) -> (Value, String, String) {
+        let user = test_user(user_flags);
+        let mut body = oauth_mailbox(&user, client_flags);
+        body.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        let client_id = body["client_id"].as_str().expect("client_id").to_owned();
+        let created = self.create(body).await;
+        let id = created["id"].as_str().expect("id").to_owned();
+        let (_, html, mailbox) = self.authorize(&id).await;
+        assert_eq!(
+            mailbox["status"], "verified",
+            "setup: mailbox must verify: {mailbox} {html}"
+        );
+        (mailbox, user, client_id)
+    }
+}
+
+/// Messages the SMTP peer accepted for a recipient.
+pub async fn messages_for(rcpt: &str) -> Vec<Value> {
+    let url = format!(
+        "{}/messages?rcpt={rcpt}",
+        peer_env("OM_TEST_SMTP_CONTROL_URL")
+    );
+    reqwest::get(url)
+        .await
+        .expect("smtp messages")
+        .json()
+        .await
+        .expect("json")
+}
+
+impl TestApp {
+    /// Make the stored access token look expired (and forget this process's cached copy),
+    /// so the next use must refresh.
+    pub async fn expire_access_token(&self, id: &str) {
+        let mid = MailboxId::parse(id).expect("mailbox id");
+        let mut secret = self.secret(id).await.expect("secret");
+        secret.access_token_expires_at =
+            Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
+        self.app
+            .secrets
+            .put(&self.tenant, &mid, &secret)
+            .await
+            .expect("put secret");
+        self.app.warm.forget(&(self.tenant.clone(), mid));
+    }
 }

@@ -5,6 +5,10 @@
 //! - authorization state: `pk = S#<state>`, `sk = S`, `data`, `ttl` (N, epoch seconds; reads
 //!   check expiry themselves because DynamoDB deletes expired items late)
 //!
+//! - lease: `pk = L#<key>`, `sk = L`, `holder`, `until_ms` (N), `ttl`
+//! - delivery (idempotency): `pk = D#<tenant>#<notification id>`, `sk = D`, `status`
+//!   (`in_flight` | `done`), `lease_until_ms` (N), `ttl`, `data` (the final record)
+//!
 //! Secrets: one per mailbox, named `<prefix><tenant>/<mailbox id>`, holding the JSON of
 //! [`MailboxSecret`].
 
@@ -16,11 +20,13 @@ use aws_sdk_dynamodb::types::{
     KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType,
 };
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use time::OffsetDateTime;
 
 use crate::domain::mailbox::MailboxRecord;
 use crate::domain::{MailboxId, TenantId};
 use crate::ports::{
-    AuthState, AuthStateStore, MailboxSecret, MailboxStore, SecretStore, StoreError,
+    AuthState, AuthStateStore, Claim, DeliveryLog, DeliveryRecord, LeaseStore, MailboxSecret,
+    MailboxStore, SecretStore, StoreError,
 };
 
 /// The name of the due-time index used by the refresh job.
@@ -319,6 +325,179 @@ impl AuthStateStore for DynamoStore {
     }
 }
 
+fn millis(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn is_condition_failed<R>(
+    e: &aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::put_item::PutItemError, R>,
+) -> bool {
+    e.as_service_error()
+        .is_some_and(|se| se.is_conditional_check_failed_exception())
+}
+
+#[async_trait]
+impl LeaseStore for DynamoStore {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        ttl: time::Duration,
+    ) -> Result<bool, StoreError> {
+        let until = now + ttl;
+        let item = HashMap::from([
+            ("pk".to_owned(), s(format!("L#{key}"))),
+            ("sk".to_owned(), s("L")),
+            ("holder".to_owned(), s(holder)),
+            ("until_ms".to_owned(), n(millis(until))),
+            ("ttl".to_owned(), n(until.unix_timestamp() + 3600)),
+        ]);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR until_ms < :now")
+            .expression_attribute_values(":now", n(millis(now)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("L#{key}")))
+            .key("sk", s("L"))
+            .condition_expression("holder = :h")
+            .expression_attribute_values(":h", s(holder))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+}
+
+fn delivery_key(tenant: &TenantId, id: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_owned(), s(format!("D#{tenant}#{id}"))),
+        ("sk".to_owned(), s("D")),
+    ])
+}
+
+#[async_trait]
+impl DeliveryLog for DynamoStore {
+    async fn claim(
+        &self,
+        tenant: &TenantId,
+        notification_id: &str,
+        now: OffsetDateTime,
+        lease: time::Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut item = delivery_key(tenant, notification_id);
+        item.insert("status".into(), s("in_flight"));
+        item.insert("lease_until_ms".into(), n(millis(now + lease)));
+        item.insert("ttl".into(), n((now + lease).unix_timestamp()));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            // free, or a crashed sender's claim ran out, or an old record DynamoDB has not reaped yet
+            .condition_expression("attribute_not_exists(pk) OR (#st = :inflight AND lease_until_ms < :now) OR #ttl < :nows")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":inflight", s("in_flight"))
+            .expression_attribute_values(":now", n(millis(now)))
+            .expression_attribute_values(":nows", n(now.unix_timestamp()))
+            .return_values_on_condition_check_failure(aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Claim::Started),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                    let old = c.item();
+                    let done = old.and_then(|i| i.get("status")).and_then(|v| v.as_s().ok()).is_some_and(|v| v == "done");
+                    match (done, old) {
+                        (true, Some(item)) => Ok(Claim::Done(data_of(item)?)),
+                        _ => Ok(Claim::InFlight),
+                    }
+                }
+                _ => Err(sdk_error(e)),
+            },
+        }
+    }
+
+    async fn complete(
+        &self,
+        record: &DeliveryRecord,
+        keep: time::Duration,
+    ) -> Result<(), StoreError> {
+        let mut item = delivery_key(&record.tenant, &record.notification_id);
+        item.insert("status".into(), s("done"));
+        item.insert("lease_until_ms".into(), n(0));
+        item.insert(
+            "ttl".into(),
+            n((record.completed_at + keep).unix_timestamp()),
+        );
+        item.insert(
+            "data".into(),
+            s(serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sdk_error)
+    }
+
+    async fn release(&self, tenant: &TenantId, notification_id: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(tenant, notification_id)))
+            .condition_expression("#st = :inflight")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":inflight", s("in_flight"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct SecretsManagerStore {
     client: aws_sdk_secretsmanager::Client,
@@ -451,5 +630,46 @@ impl SecretStore for SecretsManagerStore {
             }
             Err(e) => Err(sm_error(e)),
         }
+    }
+}
+
+/// The platform's default sender, read once from a Secrets Manager secret
+/// (`OUTGOING_MAIL_DEFAULT_SENDER_SECRET`) and kept while the process is warm.
+pub struct SecretDefaultSender {
+    secret_id: String,
+    cached: tokio::sync::OnceCell<crate::service::send::DefaultSender>,
+}
+
+impl SecretDefaultSender {
+    pub fn new(secret_id: String) -> Self {
+        Self {
+            secret_id,
+            cached: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::service::send::DefaultSenderSource for SecretDefaultSender {
+    async fn load(&self) -> Result<Option<crate::service::send::DefaultSender>, StoreError> {
+        let sender = self
+            .cached
+            .get_or_try_init(|| async {
+                let sdk = load_sdk_config().await;
+                let client = aws_sdk_secretsmanager::Client::new(&sdk);
+                let out = client
+                    .get_secret_value()
+                    .secret_id(&self.secret_id)
+                    .send()
+                    .await
+                    .map_err(sm_error)?;
+                let text = out.secret_string().ok_or_else(|| {
+                    StoreError::Corrupt("the default sender secret has no string value".into())
+                })?;
+                crate::service::send::DefaultSender::parse(text)
+                    .map_err(|e| StoreError::Corrupt(format!("default sender secret {}", e)))
+            })
+            .await?;
+        Ok(Some(sender.clone()))
     }
 }

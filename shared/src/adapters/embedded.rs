@@ -16,8 +16,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::domain::mailbox::MailboxRecord;
 use crate::domain::{MailboxId, TenantId};
 use crate::ports::{
-    AuthState, AuthStateStore, MailboxSecret, MailboxStore, SecretStore, StoreError,
+    AuthState, AuthStateStore, Claim, DeliveryLog, DeliveryRecord, LeaseStore, MailboxSecret,
+    MailboxStore, SecretStore, StoreError,
 };
+use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -88,6 +90,20 @@ CREATE TABLE IF NOT EXISTS auth_states (
     state TEXT PRIMARY KEY,
     expires_at INTEGER NOT NULL,
     data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    lease_until_ms INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    data TEXT,
+    PRIMARY KEY (tenant, id)
 );
 ";
 
@@ -402,6 +418,118 @@ impl SecretStore for EncryptedSecretStore {
             c.execute(
                 "DELETE FROM secrets WHERE tenant = ?1 AND id = ?2",
                 params![t.as_str(), i.as_str()],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+fn millis(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[async_trait]
+impl LeaseStore for EmbeddedStore {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        ttl: time::Duration,
+    ) -> Result<bool, StoreError> {
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        blocking(&self.conn, move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO leases (key, holder, until_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                     WHERE leases.until_ms < ?4",
+                    params![key, holder, millis(now + ttl), millis(now)],
+                )
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn release(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        blocking(&self.conn, move |c| {
+            c.execute(
+                "DELETE FROM leases WHERE key = ?1 AND holder = ?2",
+                params![key, holder],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DeliveryLog for EmbeddedStore {
+    async fn claim(
+        &self,
+        tenant: &TenantId,
+        notification_id: &str,
+        now: OffsetDateTime,
+        lease: time::Duration,
+    ) -> Result<Claim, StoreError> {
+        let (t, id) = (tenant.clone(), notification_id.to_owned());
+        blocking(&self.conn, move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let n = tx
+                .execute(
+                    "INSERT INTO deliveries (tenant, id, status, lease_until_ms, expires_at, data) VALUES (?1, ?2, 'in_flight', ?3, ?4, NULL)
+                     ON CONFLICT (tenant, id) DO UPDATE SET status = 'in_flight', lease_until_ms = excluded.lease_until_ms,
+                        expires_at = excluded.expires_at, data = NULL
+                     WHERE (deliveries.status = 'in_flight' AND deliveries.lease_until_ms < ?5) OR deliveries.expires_at < ?6",
+                    params![t.as_str(), id, millis(now + lease), (now + lease).unix_timestamp(), millis(now), now.unix_timestamp()],
+                )
+                .map_err(unavailable)?;
+            let claim = if n == 1 {
+                Claim::Started
+            } else {
+                let (status, data): (String, Option<String>) = tx
+                    .query_row("SELECT status, data FROM deliveries WHERE tenant = ?1 AND id = ?2", params![t.as_str(), id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?;
+                match (status.as_str(), data) {
+                    ("done", Some(d)) => Claim::Done(serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                    _ => Claim::InFlight,
+                }
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(claim)
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        record: &DeliveryRecord,
+        keep: time::Duration,
+    ) -> Result<(), StoreError> {
+        let r = record.clone();
+        blocking(&self.conn, move |c| {
+            c.execute(
+                "INSERT INTO deliveries (tenant, id, status, lease_until_ms, expires_at, data) VALUES (?1, ?2, 'done', 0, ?3, ?4)
+                 ON CONFLICT (tenant, id) DO UPDATE SET status = 'done', lease_until_ms = 0, expires_at = excluded.expires_at, data = excluded.data",
+                params![r.tenant.as_str(), r.notification_id, (r.completed_at + keep).unix_timestamp(), encode(&r)?],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn release(&self, tenant: &TenantId, notification_id: &str) -> Result<(), StoreError> {
+        let (t, id) = (tenant.clone(), notification_id.to_owned());
+        blocking(&self.conn, move |c| {
+            c.execute(
+                "DELETE FROM deliveries WHERE tenant = ?1 AND id = ?2 AND status = 'in_flight'",
+                params![t.as_str(), id],
             )
             .map(|_| ())
             .map_err(unavailable)

@@ -5,21 +5,42 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::Tls;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use crate::domain::Sensitive;
+use crate::domain::notification::OutgoingMessage;
 
 use crate::domain::mailbox::{SmtpSecurity, SmtpSettings};
 use crate::domain::reason::{StatusReason, classify_smtp_reply};
 use crate::ports::{MailTransport, SmtpCredentials, SmtpError};
 
-/// Lettre-based transport. TLS parameters (root store + extra CA) are built once per host.
+/// Connections per pool key (one mailbox): Exchange Online allows 3 per mailbox.
+pub const MAX_CONNECTIONS_PER_MAILBOX: u32 = 3;
+
+struct Pooled {
+    /// The credential the pool authenticates with (lettre fixes credentials per transport).
+    credential: Sensitive,
+    target: (String, u16, SmtpSecurity),
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+}
+
+/// Lettre-based transport. TLS parameters (root store + extra CA) are built once per host;
+/// authenticated connection pools are kept per mailbox while the process is warm.
 #[derive(Clone)]
 pub struct LettreTransport {
     extra_ca: Option<Arc<Vec<u8>>>,
     timeout: Duration,
     hello: ClientId,
     tls_cache: Arc<Mutex<HashMap<String, TlsParameters>>>,
+    pools: Arc<Mutex<HashMap<String, Arc<Pooled>>>>,
+    /// lettre's pool caps idle connections, not concurrent ones: this caps concurrency
+    /// per key (and so open connections), surviving pool replacement on a new token.
+    limits: Arc<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
 }
 
 impl LettreTransport {
@@ -32,7 +53,61 @@ impl LettreTransport {
             timeout,
             hello: ClientId::Domain("outgoing-mail.invalid".into()),
             tls_cache: Arc::default(),
+            pools: Arc::default(),
+            limits: Arc::default(),
         })
+    }
+
+    fn pool(
+        &self,
+        key: &str,
+        smtp: &SmtpSettings,
+        credentials: &SmtpCredentials,
+    ) -> Result<Arc<Pooled>, SmtpError> {
+        let (user, secret, mechanisms) = match credentials {
+            SmtpCredentials::Xoauth2 { user, access_token } => {
+                (user, access_token, vec![Mechanism::Xoauth2])
+            }
+            SmtpCredentials::Password { user, password } => {
+                (user, password, vec![Mechanism::Plain, Mechanism::Login])
+            }
+        };
+        let target = (smtp.host.to_string(), smtp.port, smtp.security);
+        if let Some(p) = self.pools.lock().ok().and_then(|m| m.get(key).cloned())
+            && p.credential == *secret
+            && p.target == target
+        {
+            return Ok(p);
+        }
+        let host = smtp.host.as_str();
+        let tls = match smtp.security {
+            SmtpSecurity::Starttls => Tls::Required(self.tls_parameters(host)?),
+            SmtpSecurity::Tls => Tls::Wrapper(self.tls_parameters(host)?),
+            SmtpSecurity::None => Tls::None,
+        };
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(smtp.port)
+            .tls(tls)
+            .hello_name(self.hello.clone())
+            .credentials(Credentials::new(user.clone(), secret.expose().to_owned()))
+            .authentication(mechanisms)
+            .timeout(Some(self.timeout))
+            .pool_config(
+                PoolConfig::new()
+                    .max_size(MAX_CONNECTIONS_PER_MAILBOX)
+                    .idle_timeout(Duration::from_secs(50)),
+            )
+            .build();
+        let pooled = Arc::new(Pooled {
+            credential: secret.clone(),
+            target,
+            transport,
+        });
+        if let Ok(mut m) = self.pools.lock() {
+            // the replaced pool (old token) closes its connections when its last user drops it
+            m.insert(key.to_owned(), pooled.clone());
+        }
+        Ok(pooled)
     }
 
     pub fn tls_parameters(&self, host: &str) -> Result<TlsParameters, SmtpError> {
@@ -202,5 +277,70 @@ impl MailTransport for LettreTransport {
         // QUIT politely; a failing QUIT after a successful AUTH does not make the mailbox broken.
         let _ = conn.quit().await;
         Ok(())
+    }
+
+    async fn send(
+        &self,
+        pool_key: &str,
+        smtp: &SmtpSettings,
+        credentials: &SmtpCredentials,
+        message: &OutgoingMessage,
+    ) -> Result<String, SmtpError> {
+        let limit = match self.limits.lock() {
+            Ok(mut m) => m
+                .entry(pool_key.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(
+                        MAX_CONNECTIONS_PER_MAILBOX as usize,
+                    ))
+                })
+                .clone(),
+            Err(_) => Arc::new(tokio::sync::Semaphore::new(
+                MAX_CONNECTIONS_PER_MAILBOX as usize,
+            )),
+        };
+        let _slot = limit.acquire_owned().await.map_err(|_| SmtpError {
+            reason: StatusReason::ConnectionFailed,
+            detail: "the connection limiter was closed".into(),
+            code: None,
+        })?;
+        let pool = self.pool(pool_key, smtp, credentials)?;
+        let bad = |what: &str| SmtpError {
+            reason: StatusReason::SmtpError,
+            detail: format!("invalid {what} address"),
+            code: None,
+        };
+        let from: lettre::Address = message.envelope_from.parse().map_err(|_| bad("sender"))?;
+        let to = message
+            .recipients
+            .iter()
+            .map(|r| r.parse::<lettre::Address>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| bad("recipient"))?;
+        let envelope =
+            lettre::address::Envelope::new(Some(from), to).map_err(|_| bad("envelope"))?;
+        match pool.transport.send_raw(&envelope, &message.bytes).await {
+            Ok(resp) => Ok(format!(
+                "{} {}",
+                resp.code(),
+                resp.message().collect::<Vec<_>>().join(" ")
+            )),
+            Err(e) => {
+                let err = classify_lettre(
+                    &e,
+                    credentials.is_oauth(),
+                    &format!("{}:{}", smtp.host, smtp.port),
+                );
+                if err.reason == StatusReason::TokenRejected
+                    || err.reason == StatusReason::CredentialsRejected
+                {
+                    // never reuse a pool whose credentials were refused
+                    if let Ok(mut m) = self.pools.lock() {
+                        m.remove(pool_key);
+                    }
+                }
+                Err(err)
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Nothing in `domain` knows about AWS, Lambda or HTTP frameworks.
 
 pub mod mailbox;
+pub mod notification;
 pub mod reason;
 
 use std::fmt;

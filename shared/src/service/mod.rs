@@ -2,8 +2,10 @@
 
 pub mod authorize;
 pub mod mailboxes;
+pub mod send;
 pub mod tokens;
 pub mod verify;
+pub mod warm;
 
 use crate::app::App;
 use crate::domain::mailbox::MailboxRecord;

@@ -104,7 +104,7 @@ pub async fn check(app: &App, record: &MailboxRecord) -> Verification {
             }
         }
         (AuthKind::Oauth2, Some(settings)) => {
-            let first = match access_token(app, record, settings, false).await {
+            let first = match access_token(app, record, settings, None).await {
                 Ok(t) => t,
                 Err(e) => {
                     return Verification {
@@ -114,6 +114,7 @@ pub async fn check(app: &App, record: &MailboxRecord) -> Verification {
                 }
             };
             let mut refreshed = first.refreshed;
+            let rejected = first.token.clone();
             let creds = SmtpCredentials::Xoauth2 {
                 user: user.clone(),
                 access_token: first.token,
@@ -125,7 +126,7 @@ pub async fn check(app: &App, record: &MailboxRecord) -> Verification {
                 },
                 // A cached token may have been revoked or be for another audience: refresh once.
                 Err(e) if e.reason == StatusReason::TokenRejected && refreshed.is_none() => {
-                    let second = match access_token(app, record, settings, true).await {
+                    let second = match access_token(app, record, settings, Some(&rejected)).await {
                         Ok(t) => t,
                         Err(e) => {
                             return Verification {
