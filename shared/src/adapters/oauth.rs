@@ -78,8 +78,11 @@ pub fn authorization_request(
     let mut req = client
         .authorize_url(|| CsrfToken::new_random_len(32))
         .add_scopes(settings.scopes.iter().cloned().map(Scope::new))
-        .set_pkce_challenge(challenge)
-        .add_extra_param("login_hint", login_hint);
+        .set_pkce_challenge(challenge);
+    // an admin-supplied login_hint replaces the default one (a parameter must not appear twice)
+    if !settings.extra_authorize_params.contains_key("login_hint") {
+        req = req.add_extra_param("login_hint", login_hint);
+    }
     for (k, v) in &settings.extra_authorize_params {
         req = req.add_extra_param(k.as_str(), v.as_str());
     }

@@ -138,6 +138,7 @@ impl LettreTransport {
         credentials: &SmtpCredentials,
     ) -> Result<AsyncSmtpConnection, SmtpError> {
         let host = smtp.host.as_str();
+        let implicit_tls = smtp.security == SmtpSecurity::Tls;
         let implicit = match smtp.security {
             SmtpSecurity::Tls => Some(self.tls_parameters(host)?),
             _ => None,
@@ -154,13 +155,25 @@ impl LettreTransport {
         )
         .await
         .map_err(|_| {
+            let hint = if implicit_tls {
+                ""
+            } else {
+                " (a port that expects TLS from the first byte, such as 465, needs smtp_security `tls`)"
+            };
             connection_error(format!(
-                "no answer from {host}:{} within {:?}",
+                "no answer from {host}:{} within {:?}{hint}",
                 smtp.port, self.timeout
             ))
         })?
         .map_err(|e| {
-            classify_lettre(&e, credentials.is_oauth(), &format!("{host}:{}", smtp.port))
+            let mut err =
+                classify_lettre(&e, credentials.is_oauth(), &format!("{host}:{}", smtp.port));
+            if implicit_tls && err.detail.contains("corrupt message") {
+                err.detail.push_str(
+                    " (the server did not answer with TLS: for a STARTTLS port such as 587 set smtp_security `starttls`)",
+                );
+            }
+            err
         })?;
         if smtp.security == SmtpSecurity::Starttls {
             if !conn.can_starttls() {
@@ -173,7 +186,9 @@ impl LettreTransport {
             }
             conn.starttls(self.tls_parameters(host)?, &self.hello)
                 .await
-                .map_err(|e| classify_lettre(&e, credentials.is_oauth(), host))?;
+                .map_err(|e| {
+                    classify_lettre(&e, credentials.is_oauth(), &format!("{host}:{}", smtp.port))
+                })?;
         }
         let (mechanisms, creds): (&[Mechanism], Credentials) = match credentials {
             SmtpCredentials::Xoauth2 { user, access_token } => (
@@ -209,6 +224,32 @@ fn connection_error(detail: String) -> SmtpError {
     }
 }
 
+/// lettre reports a failed TLS handshake (untrusted certificate, wrong name, a server that does
+/// not speak TLS) as a *connection* error wrapping rustls' error in an `io::Error` of kind
+/// `InvalidData`; tell it apart from an unreachable server, which is transient.
+fn is_tls_failure(e: &lettre::transport::smtp::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    let t = e.to_string().to_ascii_lowercase();
+    [
+        "invalid peer certificate",
+        "corrupt message",
+        "received fatal alert",
+        "peer is incompatible",
+        "peer misbehaved",
+        "handshake",
+    ]
+    .iter()
+    .any(|k| t.contains(k))
+}
+
 /// Map a lettre error to a reason, keeping the server's reply text.
 pub fn classify_lettre(e: &lettre::transport::smtp::Error, oauth: bool, target: &str) -> SmtpError {
     let text = e.to_string();
@@ -227,7 +268,8 @@ pub fn classify_lettre(e: &lettre::transport::smtp::Error, oauth: bool, target: 
             code: Some(n),
         };
     }
-    if e.is_tls() {
+    if e.is_tls() || is_tls_failure(e) {
+        let text = text.trim_start_matches("Connection error: ");
         return tls_error(format!("TLS with {target} failed: {text}"));
     }
     if e.is_timeout()

@@ -152,6 +152,33 @@ fn id_token_names(
         .collect())
 }
 
+/// The page for a transient failure of the provider during the sign-in. The mailbox keeps its
+/// status, and nothing retries this sign-in by itself (the reason's own message says "retried
+/// automatically", which is true for a stored authorization, not for an interrupted sign-in).
+fn transient(reason: StatusReason, detail: String, record: MailboxRecord) -> CallbackOutcome {
+    let (title, what) = if reason == StatusReason::Throttled {
+        (
+            "The identity provider is busy",
+            "The identity provider is throttling requests right now",
+        )
+    } else {
+        (
+            "The identity provider is unavailable",
+            "The identity provider could not be reached or answered with a server error",
+        )
+    };
+    CallbackOutcome {
+        http_status: 502,
+        success: false,
+        title: title.into(),
+        message: format!(
+            "{what}, so the sign-in could not be completed. The mailbox was not changed. Click Authorize again in a few minutes."
+        ),
+        detail: Some(detail),
+        mailbox: Some(record),
+    }
+}
+
 /// Record a failure on the mailbox and build the page.
 async fn fail(
     app: &App,
@@ -254,13 +281,14 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
             }
             r => r,
         };
-        return fail(
-            app,
-            &record,
-            reason,
-            Some(truncate(&format!("{error}: {description}"), 500)),
-        )
-        .await;
+        let detail = truncate(&format!("{error}: {description}"), 500);
+        if reason.permanence() == Permanence::Transient {
+            // the provider is down or busy (`temporarily_unavailable`, `server_error`): nothing
+            // about the mailbox is wrong, so its status stays what it was
+            tracing::warn!(mailbox = %record.id, detail = %detail, "identity provider unavailable during sign-in");
+            return transient(reason, detail, record);
+        }
+        return fail(app, &record, reason, Some(detail)).await;
     }
     let Some(code) = params
         .code
@@ -295,17 +323,7 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
         Err(e) if e.permanence() == Permanence::Transient => {
             tracing::warn!(mailbox = %record.id, detail = %e.detail, "token endpoint unavailable during code exchange");
             // the code may be spent; the status is what it was
-            return CallbackOutcome {
-                http_status: 502,
-                success: false,
-                title: "The identity provider is unavailable".into(),
-                message: format!(
-                    "{} Click Authorize again in a few minutes.",
-                    e.reason.message()
-                ),
-                detail: Some(e.detail),
-                mailbox: Some(record),
-            };
+            return transient(e.reason, e.detail, record);
         }
         Err(e) => return fail(app, &record, e.reason, Some(e.detail)).await,
     };
