@@ -40,6 +40,12 @@ pub struct App {
     pub default_sender: Arc<dyn DefaultSenderSource>,
     /// What a warm process keeps between invocations: tokens, SMTP connections.
     pub warm: Arc<WarmCache>,
+    /// When mailboxes are due for the refresh job.
+    pub due_policy: crate::domain::mailbox::DuePolicy,
+    /// Where alerts about broken mailboxes go besides e-mail (JSON POST), if anywhere.
+    pub alert_webhook: Option<String>,
+    /// Plain HTTPS client (webhooks): rustls, no redirects, the extra CA.
+    pub http: reqwest::Client,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,13 +145,19 @@ impl App {
             secrets: stores.secrets,
             leases: stores.leases,
             deliveries: stores.deliveries,
-            tokens: Arc::new(tokens),
+            tokens: Arc::new(tokens.clone()),
             mail: Arc::new(mail),
             clock: Arc::new(SystemClock),
             public_url: settings.public_url.clone(),
             tenancy,
             default_sender,
             warm: Arc::default(),
+            due_policy: crate::domain::mailbox::DuePolicy {
+                verify_interval: settings.verify_interval,
+                ..Default::default()
+            },
+            alert_webhook: settings.alert_webhook.clone(),
+            http: tokens.http().clone(),
         })
     }
 

@@ -37,6 +37,14 @@ pub struct Settings {
     pub default_sender: Option<crate::service::send::DefaultSender>,
     /// … or the id/ARN of a Secrets Manager secret holding that JSON.
     pub default_sender_secret: Option<String>,
+    /// How often the refresh job re-verifies a working mailbox.
+    pub verify_interval: time::Duration,
+    /// Optional HTTPS URL that receives alerts as JSON.
+    pub alert_webhook: Option<String>,
+    /// Local server: seconds between refresh-job runs.
+    pub refresh_every: std::time::Duration,
+    /// Most mailboxes refreshed at the same time by one run.
+    pub refresh_concurrency: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,7 +191,45 @@ impl Settings {
             ),
             None => None,
         };
+        let verify_hours = match get("OUTGOING_MAIL_VERIFY_INTERVAL_HOURS") {
+            None => 24,
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|h| (1..=720).contains(h))
+                .ok_or_else(|| {
+                    err(
+                        "OUTGOING_MAIL_VERIFY_INTERVAL_HOURS",
+                        format!("must be a number of hours 1–720, got `{v}`"),
+                    )
+                })?,
+        };
+        let alert_webhook = match get("OUTGOING_MAIL_ALERT_WEBHOOK_URL") {
+            None => None,
+            Some(raw) => Some(
+                HttpsUrl::parse("OUTGOING_MAIL_ALERT_WEBHOOK_URL", &raw)
+                    .map_err(|e| err("OUTGOING_MAIL_ALERT_WEBHOOK_URL", e.message))?
+                    .to_string(),
+            ),
+        };
+        let refresh_concurrency = match get("OUTGOING_MAIL_REFRESH_CONCURRENCY") {
+            None => 64,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        "OUTGOING_MAIL_REFRESH_CONCURRENCY",
+                        format!("must be 1–1000, got `{v}`"),
+                    )
+                })?,
+        };
         Ok(Self {
+            verify_interval: time::Duration::hours(verify_hours),
+            alert_webhook,
+            refresh_every: secs_long("OUTGOING_MAIL_REFRESH_EVERY_SECS", 900, &get)?,
+            refresh_concurrency,
             default_sender,
             default_sender_secret: get("OUTGOING_MAIL_DEFAULT_SENDER_SECRET"),
             store,
@@ -201,6 +247,27 @@ impl Settings {
             token_timeout: secs("OUTGOING_MAIL_TOKEN_TIMEOUT_SECS", 10)?,
             smtp_timeout: secs("OUTGOING_MAIL_SMTP_TIMEOUT_SECS", 15)?,
         })
+    }
+}
+
+fn secs_long(
+    var: &'static str,
+    default: u64,
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<std::time::Duration, ConfigError> {
+    match get(var) {
+        None => Ok(std::time::Duration::from_secs(default)),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (10..=86_400).contains(n))
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| {
+                err(
+                    var,
+                    format!("must be a number of seconds 10–86400, got `{v}`"),
+                )
+            }),
     }
 }
 

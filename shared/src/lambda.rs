@@ -175,3 +175,61 @@ async fn handle_http_event(http: &axum::Router, event: &serde_json::Value) -> se
         .unwrap_or_default();
     json!({"statusCode": status, "headers": headers, "body": String::from_utf8_lossy(&body), "isBase64Encoded": false})
 }
+
+/// The token-refresh function: scheduled runs and manual `{"mailbox_ids": [...]}`.
+pub async fn run_token_refresh() -> Result<(), lambda_runtime::Error> {
+    crate::telemetry::init();
+    let settings = Settings::from_env(Profile::Lambda).inspect_err(|e| tracing::error!("{e}"))?;
+    let concurrency = settings.refresh_concurrency;
+    let app = App::from_settings(
+        &settings,
+        Tenancy::JwtClaim {
+            claim: settings.tenant_claim.clone(),
+        },
+    )
+    .await
+    .inspect_err(|e| tracing::error!("{e}"))?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let app = app.clone();
+            async move {
+                // stop taking new mailboxes 30 s before the invocation's deadline
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let budget = std::time::Duration::from_millis(
+                    event
+                        .context
+                        .deadline
+                        .saturating_sub(now_ms)
+                        .saturating_sub(30_000),
+                );
+                token_refresh_event(&app, event.payload, budget, concurrency).await
+            }
+        },
+    ))
+    .await
+}
+
+/// Handle one token-refresh event; prints the EMF metrics line; returns the summary.
+pub async fn token_refresh_event(
+    app: &App,
+    event: serde_json::Value,
+    budget: std::time::Duration,
+    concurrency: usize,
+) -> Result<serde_json::Value, lambda_runtime::Error> {
+    let request = crate::service::refresh::parse_event(&event).map_err(|e| {
+        tracing::error!(error = %e, "invalid token-refresh event");
+        lambda_runtime::Error::from(e)
+    })?;
+    let summary = crate::service::refresh::run(app, request, budget, concurrency)
+        .await
+        .map_err(|e| lambda_runtime::Error::from(e.to_string()))?;
+    // CloudWatch Embedded Metric Format: a JSON line on stdout becomes metrics
+    println!(
+        "{}",
+        crate::service::refresh::emf_line(&summary, app.clock.now())
+    );
+    Ok(serde_json::to_value(summary)?)
+}

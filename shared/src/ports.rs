@@ -40,6 +40,13 @@ pub trait MailboxStore: Send + Sync {
     async fn update(&self, record: &MailboxRecord) -> Result<MailboxRecord, StoreError>;
     /// Remove; `false` if there was nothing to remove.
     async fn delete(&self, tenant: &TenantId, id: &MailboxId) -> Result<bool, StoreError>;
+    /// Mailboxes whose `state.next_due_at` ≤ `now`, most overdue first, at most `limit`.
+    /// Reads only due mailboxes (an index), never all of them.
+    async fn due(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<MailboxRecord>, StoreError>;
 }
 
 /// A pending authorization: created by authorize-start, consumed once by oauth-callback.
@@ -287,7 +294,7 @@ pub enum Claim {
     /// Yours: send it, then `complete` or `release`.
     Started,
     /// Already finished earlier: do not send again.
-    Done(DeliveryRecord),
+    Done(Box<DeliveryRecord>),
     /// Someone else is sending it right now: try again later.
     InFlight,
 }

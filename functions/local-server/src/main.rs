@@ -82,6 +82,34 @@ async fn run() -> Result<(), String> {
             token.expose()
         );
     }
+    // the scheduled refresh job, as EventBridge would run it in AWS
+    let job_app = app.clone();
+    let (every, concurrency) = (settings.refresh_every, settings.refresh_concurrency);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match outgoing_mail::service::refresh::run(
+                &job_app,
+                outgoing_mail::service::refresh::RefreshRequest::Due,
+                every / 2,
+                concurrency,
+            )
+            .await
+            {
+                Ok(s) if s.due > 0 => tracing::info!(
+                    due = s.due,
+                    refreshed = s.refreshed,
+                    verified = s.verified,
+                    newly_broken = s.newly_broken,
+                    "refresh job ran"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "refresh job could not run"),
+            }
+        }
+    });
     axum::serve(listener, router(app, ALL_FUNCTIONS))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

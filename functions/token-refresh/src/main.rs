@@ -1,14 +1,7 @@
-//! Lambda function `token-refresh` (behaviour arrives with its issue; for now it starts under
-//! lambda_runtime and answers every event with a clear "not implemented" error).
-
-use lambda_runtime::{Error, LambdaEvent, service_fn};
-use serde_json::Value;
+//! Lambda function `token-refresh`: the schedule (EventBridge Scheduler or classic Scheduled
+//! Event) and manual `{"mailbox_ids": [...]}` runs of the refresh job.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    outgoing_mail::telemetry::init();
-    lambda_runtime::run(service_fn(|_event: LambdaEvent<Value>| async {
-        Err::<Value, Error>("token-refresh is not implemented yet".into())
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    outgoing_mail::lambda::run_token_refresh().await
 }

@@ -90,6 +90,14 @@ fn data_of<T: serde::de::DeserializeOwned>(
     serde_json::from_str(data).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// Shards of the due index: spreads a run's queries over several partitions.
+pub const DUE_SHARDS: u8 = 8;
+
+fn due_shard(id: &MailboxId) -> String {
+    let last = id.as_str().bytes().last().unwrap_or(b'0');
+    format!("DUE#{}", last % DUE_SHARDS)
+}
+
 fn mailbox_item(r: &MailboxRecord) -> Result<HashMap<String, AttributeValue>, StoreError> {
     let mut item = mailbox_key(&r.tenant, &r.id);
     item.insert("version".into(), AttributeValue::N(r.version.to_string()));
@@ -101,6 +109,13 @@ fn mailbox_item(r: &MailboxRecord) -> Result<HashMap<String, AttributeValue>, St
         "data".into(),
         s(serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?),
     );
+    if let Some(due) = r.state.next_due_at {
+        item.insert("due_shard".into(), s(due_shard(&r.id)));
+        item.insert(
+            "due_at".into(),
+            AttributeValue::N(due.unix_timestamp().to_string()),
+        );
+    }
     Ok(item)
 }
 
@@ -273,8 +288,40 @@ impl MailboxStore for DynamoStore {
             .map_err(sdk_error)?;
         Ok(out.attributes().is_some_and(|a| !a.is_empty()))
     }
-}
 
+    async fn due(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<MailboxRecord>, StoreError> {
+        let mut out: Vec<MailboxRecord> = Vec::new();
+        for shard in 0..DUE_SHARDS {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(DUE_INDEX)
+                .key_condition_expression("due_shard = :s AND due_at <= :now")
+                .expression_attribute_values(":s", s(format!("DUE#{shard}")))
+                .expression_attribute_values(
+                    ":now",
+                    AttributeValue::N(now.unix_timestamp().to_string()),
+                )
+                .into_paginator()
+                .items()
+                .send();
+            while let Some(item) = pages.next().await {
+                out.push(data_of(&item.map_err(sdk_error)?)?);
+                if out.len() >= limit * 2 {
+                    break;
+                }
+            }
+        }
+        out.sort_by_key(|r| r.state.next_due_at);
+        out.truncate(limit);
+        Ok(out)
+    }
+}
 #[async_trait]
 impl AuthStateStore for DynamoStore {
     async fn put_state(&self, state: &AuthState) -> Result<(), StoreError> {
@@ -439,7 +486,7 @@ impl DeliveryLog for DynamoStore {
                     let old = c.item();
                     let done = old.and_then(|i| i.get("status")).and_then(|v| v.as_s().ok()).is_some_and(|v| v == "done");
                     match (done, old) {
-                        (true, Some(item)) => Ok(Claim::Done(data_of(item)?)),
+                        (true, Some(item)) => Ok(Claim::Done(Box::new(data_of(item)?))),
                         _ => Ok(Claim::InFlight),
                     }
                 }

@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     version INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     data TEXT NOT NULL,
+    due_at INTEGER,
     PRIMARY KEY (tenant, id)
 );
 CREATE TABLE IF NOT EXISTS auth_states (
@@ -110,7 +111,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
 impl EmbeddedStore {
     pub fn open(data_dir: &Path) -> Result<Self, EmbeddedError> {
         ensure_dir(data_dir)?;
-        let conn = open(&data_dir.join("outgoing-mail.sqlite3"), STORE_SCHEMA)?;
+        let path = data_dir.join("outgoing-mail.sqlite3");
+        let conn = open(&path, STORE_SCHEMA)?;
+        // databases created before the due index existed gain the column (error = already there)
+        let _ = conn.execute("ALTER TABLE mailboxes ADD COLUMN due_at INTEGER", []);
+        conn.execute_batch("CREATE INDEX IF NOT EXISTS mailboxes_due ON mailboxes (due_at) WHERE due_at IS NOT NULL;")
+            .map_err(|source| EmbeddedError::Open { path, source })?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -130,6 +136,10 @@ fn ensure_dir(dir: &Path) -> Result<(), EmbeddedError> {
     Ok(())
 }
 
+fn due(r: &MailboxRecord) -> Option<i64> {
+    r.state.next_due_at.map(|t| t.unix_timestamp())
+}
+
 fn decode(data: &str) -> Result<MailboxRecord, StoreError> {
     serde_json::from_str(data).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -146,8 +156,8 @@ impl MailboxStore for EmbeddedStore {
         blocking(&self.conn, move |c| {
             let n = c
                 .execute(
-                    "INSERT OR IGNORE INTO mailboxes (tenant, id, version, created_at, data) VALUES (?1, ?2, 1, ?3, ?4)",
-                    params![r.tenant.as_str(), r.id.as_str(), r.created_at.unix_timestamp_nanos().to_string(), encode(&r)?],
+                    "INSERT OR IGNORE INTO mailboxes (tenant, id, version, created_at, data, due_at) VALUES (?1, ?2, 1, ?3, ?4, ?5)",
+                    params![r.tenant.as_str(), r.id.as_str(), r.created_at.unix_timestamp_nanos().to_string(), encode(&r)?, due(&r)],
                 )
                 .map_err(unavailable)?;
             if n == 0 { Err(StoreError::Conflict) } else { Ok(r) }
@@ -200,8 +210,8 @@ impl MailboxStore for EmbeddedStore {
             r.version = expected + 1;
             let n = c
                 .execute(
-                    "UPDATE mailboxes SET version = ?1, data = ?2 WHERE tenant = ?3 AND id = ?4 AND version = ?5",
-                    params![r.version as i64, encode(&r)?, r.tenant.as_str(), r.id.as_str(), expected as i64],
+                    "UPDATE mailboxes SET version = ?1, data = ?2, due_at = ?6 WHERE tenant = ?3 AND id = ?4 AND version = ?5",
+                    params![r.version as i64, encode(&r)?, r.tenant.as_str(), r.id.as_str(), expected as i64, due(&r)],
                 )
                 .map_err(unavailable)?;
             if n == 1 {
@@ -229,8 +239,28 @@ impl MailboxStore for EmbeddedStore {
         })
         .await
     }
-}
 
+    async fn due(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<MailboxRecord>, StoreError> {
+        blocking(&self.conn, move |c| {
+            let mut stmt = c
+                .prepare("SELECT data FROM mailboxes WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![now.unix_timestamp(), limit as i64], |row| row.get::<_, String>(0))
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(decode(&row.map_err(unavailable)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
 #[async_trait]
 impl AuthStateStore for EmbeddedStore {
     async fn put_state(&self, state: &AuthState) -> Result<(), StoreError> {
@@ -496,7 +526,7 @@ impl DeliveryLog for EmbeddedStore {
                     .query_row("SELECT status, data FROM deliveries WHERE tenant = ?1 AND id = ?2", params![t.as_str(), id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .map_err(unavailable)?;
                 match (status.as_str(), data) {
-                    ("done", Some(d)) => Claim::Done(serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                    ("done", Some(d)) => Claim::Done(Box::new(serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(e.to_string()))?)),
                     _ => Claim::InFlight,
                 }
             };

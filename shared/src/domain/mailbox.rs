@@ -135,6 +135,10 @@ pub struct MailboxSpec {
     pub client_secret_expires_at: Option<CalendarDate>,
     #[serde(default)]
     pub default: bool,
+    /// Who is told when this mailbox breaks, recovers or its secret nears expiry
+    /// (default: the mailbox's reply_to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_recipients: Option<Vec<EmailAddress>>,
 }
 
 /// OAuth 2.0 client settings after presets.
@@ -391,17 +395,28 @@ impl MailboxSpec {
         })
     }
 
-    /// The fields whose change invalidates an authorization (status back to pending).
+    /// The fields whose change invalidates an authorization (tokens are discarded and the
+    /// status goes back to `pending_authorization`): who signs in, and with which client.
     pub fn authorization_fingerprint(&self) -> Value {
         let r = self.resolve().ok();
         serde_json::json!({
             "auth": self.auth,
-            "username": self.username,
-            "smtp": r.as_ref().map(|r| (r.smtp.host.as_str().to_owned(), r.smtp.port, r.smtp.security)),
+            "username": self.username.as_str().to_ascii_lowercase(),
             "oauth": r.as_ref().and_then(|r| r.oauth.as_ref()).map(|o| serde_json::json!({
                 "a": o.authorization_url.as_str(), "t": o.token_url.as_str(), "c": o.client_id,
                 "s": o.scopes, "ca": o.client_auth,
             })),
+        })
+    }
+
+    /// Everything a verification depends on: the authorization plus the SMTP server. A result
+    /// computed for another fingerprint is not written (a concurrent admin change wins).
+    pub fn verification_fingerprint(&self) -> Value {
+        let r = self.resolve().ok();
+        serde_json::json!({
+            "authorization": self.authorization_fingerprint(),
+            "smtp": r.as_ref().map(|r| (r.smtp.host.as_str().to_owned(), r.smtp.port, r.smtp.security)),
+            "from": r.as_ref().map(|r| r.from_address.as_str().to_owned()),
         })
     }
 }
@@ -472,6 +487,121 @@ pub struct MailboxState {
     pub has_password: bool,
     #[serde(default)]
     pub has_refresh_token: bool,
+    /// When the refresh job should next look at this mailbox (`None`: nothing to do until a
+    /// person acts). Stores index it so a run reads only due mailboxes.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_due_at: Option<OffsetDateTime>,
+    /// When the scheduled job last tried this mailbox (for backoff).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_checked_at: Option<OffsetDateTime>,
+    /// When `status` last changed (part of alert idempotency keys).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status_changed_at: Option<OffsetDateTime>,
+    /// Keys of the alerts already sent for this mailbox (bounded; idempotency per change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts_sent: Vec<String>,
+    /// An alert still has to go out (the job comes back for it even if nothing else is due).
+    #[serde(default)]
+    pub alerts_pending: bool,
+}
+
+/// When mailboxes are due for the refresh job.
+#[derive(Debug, Clone, Copy)]
+pub struct DuePolicy {
+    /// Re-verify at least this often.
+    pub verify_interval: time::Duration,
+    /// Refresh when the access token has less than this left (more than one schedule period).
+    pub token_margin: time::Duration,
+    /// Use the refresh token at least this often (Microsoft's 90-day inactivity window).
+    pub refresh_token_max_idle: time::Duration,
+    pub backoff_base: time::Duration,
+    pub backoff_cap: time::Duration,
+}
+
+impl Default for DuePolicy {
+    fn default() -> Self {
+        Self {
+            verify_interval: time::Duration::hours(24),
+            token_margin: time::Duration::minutes(20),
+            refresh_token_max_idle: time::Duration::hours(24),
+            backoff_base: time::Duration::minutes(5),
+            backoff_cap: time::Duration::hours(4),
+        }
+    }
+}
+
+impl DuePolicy {
+    /// Exponential backoff after `failures` consecutive transient failures.
+    pub fn backoff(&self, failures: u32) -> time::Duration {
+        let factor = 1i32 << failures.saturating_sub(1).min(10);
+        (self.backoff_base * factor).min(self.backoff_cap)
+    }
+}
+
+impl MailboxRecord {
+    /// Who is alerted about this mailbox: the configured list, else its reply_to.
+    pub fn alert_recipients(&self) -> Vec<EmailAddress> {
+        match &self.spec.alert_recipients {
+            Some(list) => list.clone(),
+            None => self.spec.reply_to.iter().cloned().collect(),
+        }
+    }
+
+    /// The next time the refresh job has something to do for this mailbox.
+    pub fn compute_due(&self, policy: &DuePolicy) -> Option<OffsetDateTime> {
+        let s = &self.state;
+        let oauth = self.spec.auth == AuthKind::Oauth2;
+        let alert_retry = s
+            .alerts_pending
+            .then(|| s.last_checked_at.unwrap_or(self.updated_at) + time::Duration::minutes(10));
+        if oauth && !s.has_refresh_token {
+            return alert_retry;
+        }
+        if s.status == MailboxStatus::NotVerified
+            && s.status_reason.is_some_and(StatusReason::needs_person)
+        {
+            // only a person can fix these (re-authorize, new secret or password): the PATCH
+            // or authorization that fixes it makes the mailbox due again
+            return alert_retry;
+        }
+        let epoch = self.created_at;
+        let mut due = s
+            .last_verified_at
+            .map(|t| t + policy.verify_interval)
+            .unwrap_or(epoch);
+        if s.status == MailboxStatus::PendingVerification {
+            // settings changed (or a new credential): check soon
+            due = due.min(self.updated_at);
+        }
+        if oauth {
+            if let Some(exp) = s.access_token_expires_at {
+                due = due.min(exp - policy.token_margin);
+            }
+            let used = s
+                .refresh_token_last_used_at
+                .or(s.authorized_at)
+                .unwrap_or(epoch);
+            due = due.min(used + policy.refresh_token_max_idle);
+        }
+        if s.consecutive_failures > 0
+            && let Some(last) = s.last_checked_at
+        {
+            due = due.max(last + policy.backoff(s.consecutive_failures));
+        }
+        Some(alert_retry.map_or(due, |a| a.min(due)))
+    }
 }
 
 impl MailboxState {
@@ -494,6 +624,11 @@ impl MailboxState {
             has_client_secret: false,
             has_password: false,
             has_refresh_token: false,
+            next_due_at: None,
+            last_checked_at: None,
+            status_changed_at: None,
+            alerts_sent: Vec::new(),
+            alerts_pending: false,
         }
     }
 
@@ -568,6 +703,7 @@ const WRITABLE: &[&str] = &[
     "extra_authorize_params",
     "password",
     "default",
+    "alert_recipients",
 ];
 const READ_ONLY: &[&str] = &[
     "id",
@@ -939,6 +1075,32 @@ pub fn parse_mailbox_input(
         extra_authorize_params,
         client_secret_expires_at,
         default,
+        alert_recipients: match m.get("alert_recipients") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) if items.len() <= 20 => Some(
+                items
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .ok_or_else(|| {
+                                FieldError::new(
+                                    "alert_recipients",
+                                    "invalid_type",
+                                    "must be a list of e-mail addresses",
+                                )
+                            })
+                            .and_then(|s| EmailAddress::parse("alert_recipients", s))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(_) => {
+                return Err(FieldError::new(
+                    "alert_recipients",
+                    "invalid_value",
+                    "must be a list of at most 20 e-mail addresses",
+                ));
+            }
+        },
     };
     spec.resolve()?;
 
@@ -1025,6 +1187,7 @@ pub struct MailboxView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_set: Option<bool>,
     pub default: bool,
+    pub alert_recipients: Vec<EmailAddress>,
     pub status: MailboxStatus,
     pub status_reason: Option<StatusReason>,
     pub status_message: Option<String>,
@@ -1111,6 +1274,7 @@ impl MailboxView {
             extra_authorize_params: oauth.as_ref().map(|o| o.extra_authorize_params.clone()),
             password_set: (!is_oauth).then_some(s.has_password),
             default: r.spec.default,
+            alert_recipients: r.alert_recipients(),
             status: s.status,
             status_reason: s.status_reason,
             status_message,

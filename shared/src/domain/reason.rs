@@ -112,6 +112,26 @@ reasons! {
 }
 
 impl StatusReason {
+    /// Only a person can fix it (re-authorize, enter a new secret or password): the job does
+    /// not retry these on its own.
+    pub fn needs_person(self) -> bool {
+        matches!(
+            self,
+            StatusReason::RefreshTokenExpired
+                | StatusReason::GrantRevoked
+                | StatusReason::InvalidGrant
+                | StatusReason::NoRefreshToken
+                | StatusReason::WrongAccount
+                | StatusReason::NotAuthorized
+                | StatusReason::ClientSecretExpired
+                | StatusReason::InvalidClientSecret
+                | StatusReason::PasswordMissing
+                | StatusReason::CredentialsRejected
+                | StatusReason::ConsentDeclined
+                | StatusReason::ConsentRequired
+        )
+    }
+
     /// Is a retry later likely to help without a person changing anything?
     pub fn permanence(self) -> Permanence {
         match self {

@@ -374,9 +374,9 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
             "The tokens could not be stored. Nothing was changed. Click Authorize again in a minute.",
         );
     }
-    let fingerprint = record.spec.authorization_fingerprint();
+    let fingerprint = record.spec.verification_fingerprint();
     let authorized = modify(app, &record.tenant, &record.id, |r| {
-        if r.spec.authorization_fingerprint() != fingerprint {
+        if r.spec.verification_fingerprint() != fingerprint {
             return false;
         }
         r.state.has_refresh_token = true;
@@ -403,7 +403,7 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
     let v: Verification = check(app, &record).await;
     let now = app.clock.now();
     let saved = modify(app, &record.tenant, &record.id, |r| {
-        if r.spec.authorization_fingerprint() != fingerprint {
+        if r.spec.verification_fingerprint() != fingerprint {
             return false;
         }
         apply(&mut r.state, &v, VerifyMode::Interactive, now);

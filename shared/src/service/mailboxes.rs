@@ -39,6 +39,9 @@ pub async fn create(
         };
         app.secrets.put(tenant, &id, &secret).await?;
     }
+    let mut record = record;
+    let status = record.state.status;
+    super::stamp(app, &mut record, status);
     match app.mailboxes.insert(&record).await {
         Ok(saved) => {
             if saved.spec.default {
@@ -95,6 +98,8 @@ pub async fn patch(
         let input = parse_mailbox_input(body, Some(&current.spec))?;
         let reauthorize =
             input.spec.authorization_fingerprint() != current.spec.authorization_fingerprint();
+        let reverify = !reauthorize
+            && input.spec.verification_fingerprint() != current.spec.verification_fingerprint();
         let mut next = current.clone();
         next.spec = input.spec;
         next.updated_at = app.clock.now();
@@ -147,20 +152,22 @@ pub async fn patch(
                 next.state.has_password,
                 next.state.status_warnings,
             ) = keep;
-        } else if next.state.status == MailboxStatus::NotVerified
-            && (body.get("client_secret").is_some() || body.get("password").is_some())
+        } else if reverify
+            || (next.state.status == MailboxStatus::NotVerified
+                && (body.get("client_secret").is_some() || body.get("password").is_some()))
         {
-            // a new credential may fix the reason: say so instead of repeating the old verdict
-            next.state.status = if next.spec.auth == crate::domain::mailbox::AuthKind::Basic {
-                MailboxStatus::PendingVerification
-            } else if next.state.has_refresh_token {
-                MailboxStatus::PendingVerification
-            } else {
+            // SMTP settings changed (the tokens stay valid), or a new credential may fix the
+            // reason: the old verdict no longer holds; the refresh job (or Verify) checks again
+            let oauth = next.spec.auth == crate::domain::mailbox::AuthKind::Oauth2;
+            next.state.status = if oauth && !next.state.has_refresh_token {
                 MailboxStatus::PendingAuthorization
+            } else {
+                MailboxStatus::PendingVerification
             };
             next.state.status_reason = None;
             next.state.status_detail = None;
         }
+        super::stamp(app, &mut next, current.state.status);
         match app.mailboxes.update(&next).await {
             Ok(saved) => {
                 if saved.spec.default && !current.spec.default {

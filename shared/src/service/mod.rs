@@ -1,7 +1,9 @@
 //! Use cases. They talk to ports only (no AWS, no Lambda, no HTTP framework).
 
+pub mod alerts;
 pub mod authorize;
 pub mod mailboxes;
+pub mod refresh;
 pub mod send;
 pub mod tokens;
 pub mod verify;
@@ -52,6 +54,26 @@ pub(crate) async fn load(
         .ok_or(ServiceError::NotFound)
 }
 
+/// Before every write: timestamps, when the status changed, when the job is next due.
+pub(crate) fn stamp(
+    app: &App,
+    r: &mut MailboxRecord,
+    status_before: crate::domain::mailbox::MailboxStatus,
+) {
+    let now = app.clock.now();
+    r.updated_at = now;
+    if r.state.status != status_before || r.state.status_changed_at.is_none() {
+        r.state.status_changed_at = Some(now);
+        // a working mailbox just broke (wherever that was noticed): the admins must hear of it
+        if status_before == crate::domain::mailbox::MailboxStatus::Verified
+            && r.state.status == crate::domain::mailbox::MailboxStatus::NotVerified
+        {
+            r.state.alerts_pending = true;
+        }
+    }
+    r.state.next_due_at = r.compute_due(&app.due_policy);
+}
+
 /// Read–modify–write with the store's version check, retried on conflicts.
 /// `f` returns `false` to write nothing (e.g. the configuration changed meanwhile).
 pub(crate) async fn modify(
@@ -62,10 +84,11 @@ pub(crate) async fn modify(
 ) -> Result<MailboxRecord, ServiceError> {
     for _ in 0..5 {
         let mut r = load(app, tenant, id).await?;
+        let before = r.state.status;
         if !f(&mut r) {
             return Ok(r);
         }
-        r.updated_at = app.clock.now();
+        stamp(app, &mut r, before);
         match app.mailboxes.update(&r).await {
             Ok(saved) => return Ok(saved),
             Err(StoreError::Conflict) => continue,

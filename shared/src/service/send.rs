@@ -169,8 +169,27 @@ enum Attempt {
     },
 }
 
+/// Which way a notification goes.
+#[derive(Clone, Copy)]
+pub enum Route<'a> {
+    /// The tenant's mailbox when it works, else the default sender.
+    Auto,
+    /// Only the platform's default sender (alerts: a broken mailbox cannot report itself).
+    DefaultSender { about: Option<&'a MailboxRecord> },
+}
+
 /// Deliver one notification for `tenant`, at most once per id.
 pub async fn deliver(app: &App, tenant: &TenantId, n: &Notification) -> SendResult {
+    deliver_routed(app, tenant, n, Route::Auto).await
+}
+
+/// [`deliver`] with an explicit route.
+pub async fn deliver_routed(
+    app: &App,
+    tenant: &TenantId,
+    n: &Notification,
+    route: Route<'_>,
+) -> SendResult {
     let id = n.id.as_str();
     let accepted_at = app.clock.now();
     match app
@@ -184,7 +203,7 @@ pub async fn deliver(app: &App, tenant: &TenantId, n: &Notification) -> SendResu
             return SendResult {
                 notification_id: id.to_owned(),
                 status: "duplicate",
-                record: Some(record),
+                record: Some(*record),
                 reason: None,
                 detail: None,
             };
@@ -198,7 +217,10 @@ pub async fn deliver(app: &App, tenant: &TenantId, n: &Notification) -> SendResu
         }
         Err(e) => return SendResult::retry(id, "storage_unavailable", e.to_string()),
     }
-    let attempt = attempt(app, tenant, n).await;
+    let attempt = match route {
+        Route::Auto => attempt(app, tenant, n).await,
+        Route::DefaultSender { about } => send_via_default(app, about, n, "platform alert").await,
+    };
     let completed_at = app.clock.now();
     let (status, record) = match attempt {
         Attempt::Transient { reason, detail } => {
@@ -363,9 +385,9 @@ async fn attempt(app: &App, tenant: &TenantId, n: &Notification) -> Attempt {
                     refreshed: None,
                 };
                 let now = app.clock.now();
-                let fingerprint = m.spec.authorization_fingerprint();
+                let fingerprint = m.spec.verification_fingerprint();
                 let _ = modify(app, tenant, &m.id, |r| {
-                    if r.spec.authorization_fingerprint() != fingerprint {
+                    if r.spec.verification_fingerprint() != fingerprint {
                         return false;
                     }
                     apply(&mut r.state, &v, VerifyMode::Interactive, now);

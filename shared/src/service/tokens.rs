@@ -59,17 +59,19 @@ fn usable(
     expires_at: OffsetDateTime,
     now: OffsetDateTime,
     rejected: Option<&Sensitive>,
+    min_life: Duration,
 ) -> bool {
-    expires_at - now > ACCESS_TOKEN_MARGIN && rejected.is_none_or(|r| r != token)
+    expires_at - now > min_life && rejected.is_none_or(|r| r != token)
 }
 
 fn stored_usable(
     secret: &MailboxSecret,
     now: OffsetDateTime,
     rejected: Option<&Sensitive>,
+    min_life: Duration,
 ) -> Option<CachedToken> {
     match (&secret.access_token, secret.access_token_expires_at) {
-        (Some(t), Some(exp)) if usable(t, exp, now, rejected) => Some(CachedToken {
+        (Some(t), Some(exp)) if usable(t, exp, now, rejected, min_life) => Some(CachedToken {
             token: t.clone(),
             expires_at: exp,
         }),
@@ -85,6 +87,18 @@ pub async fn access_token(
     settings: &OAuthSettings,
     rejected: Option<&Sensitive>,
 ) -> Result<AccessToken, TokenError> {
+    access_token_with_life(app, record, settings, rejected, ACCESS_TOKEN_MARGIN).await
+}
+
+/// Like [`access_token`], but refresh unless the token has more than `min_life` left
+/// (the refresh job refreshes ahead of time).
+pub async fn access_token_with_life(
+    app: &App,
+    record: &MailboxRecord,
+    settings: &OAuthSettings,
+    rejected: Option<&Sensitive>,
+    min_life: Duration,
+) -> Result<AccessToken, TokenError> {
     let key: MailboxKey = (record.tenant.clone(), record.id.clone());
     let fresh = |c: CachedToken| AccessToken {
         token: c.token,
@@ -93,7 +107,7 @@ pub async fn access_token(
     if let Some(c) = app
         .warm
         .token(&key)
-        .filter(|c| usable(&c.token, c.expires_at, app.clock.now(), rejected))
+        .filter(|c| usable(&c.token, c.expires_at, app.clock.now(), rejected, min_life))
     {
         return Ok(fresh(c));
     }
@@ -103,7 +117,7 @@ pub async fn access_token(
     if let Some(c) = app
         .warm
         .token(&key)
-        .filter(|c| usable(&c.token, c.expires_at, app.clock.now(), rejected))
+        .filter(|c| usable(&c.token, c.expires_at, app.clock.now(), rejected, min_life))
     {
         return Ok(fresh(c));
     }
@@ -116,7 +130,7 @@ pub async fn access_token(
         .await
         .map_err(storage)?
         .unwrap_or_default();
-    if let Some(c) = stored_usable(&secret, app.clock.now(), rejected) {
+    if let Some(c) = stored_usable(&secret, app.clock.now(), rejected, min_life) {
         app.warm.put_token(&key, c.clone());
         return Ok(fresh(c));
     }
@@ -132,7 +146,8 @@ pub async fn access_token(
             .await
             .map_err(storage)?
         {
-            let result = refresh_holding_lease(app, record, settings, rejected, &key).await;
+            let result =
+                refresh_holding_lease(app, record, settings, rejected, min_life, &key).await;
             if let Err(e) = app.leases.release(&lease_key, &holder).await {
                 tracing::warn!(error = %e, mailbox = %record.id, "could not release the refresh lease (it expires by itself)");
             }
@@ -146,7 +161,7 @@ pub async fn access_token(
             .await
             .map_err(storage)?
             .unwrap_or_default();
-        if let Some(c) = stored_usable(&secret, app.clock.now(), rejected) {
+        if let Some(c) = stored_usable(&secret, app.clock.now(), rejected, min_life) {
             app.warm.put_token(&key, c.clone());
             return Ok(fresh(c));
         }
@@ -164,6 +179,7 @@ async fn refresh_holding_lease(
     record: &MailboxRecord,
     settings: &OAuthSettings,
     rejected: Option<&Sensitive>,
+    min_life: Duration,
     key: &MailboxKey,
 ) -> Result<AccessToken, TokenError> {
     // re-read: the previous holder may have refreshed just before we got the lease
@@ -174,7 +190,7 @@ async fn refresh_holding_lease(
         .map_err(storage)?
         .unwrap_or_default();
     let now = app.clock.now();
-    if let Some(c) = stored_usable(&secret, now, rejected) {
+    if let Some(c) = stored_usable(&secret, now, rejected, min_life) {
         app.warm.put_token(key, c.clone());
         return Ok(AccessToken {
             token: c.token,

@@ -195,7 +195,7 @@ pub async fn verify_now(
         })
         .await;
     }
-    let fingerprint = record.spec.authorization_fingerprint();
+    let fingerprint = record.spec.verification_fingerprint();
     let v = check(app, &record).await;
     let now = app.clock.now();
     if let Err(f) = &v.result {
@@ -205,7 +205,7 @@ pub async fn verify_now(
     }
     modify(app, tenant, id, |r| {
         // an admin changed the authorization settings meanwhile: this result is about the old ones
-        if r.spec.authorization_fingerprint() != fingerprint {
+        if r.spec.verification_fingerprint() != fingerprint {
             return false;
         }
         apply(&mut r.state, &v, VerifyMode::Interactive, now);
