@@ -120,7 +120,10 @@ async fn an_expired_access_token_is_refreshed_and_the_rotated_refresh_token_stor
         "the rotated refresh token must be stored"
     );
     // (the peer's JWTs can be byte-identical within one second, so compare the expiry)
-    assert!(after.access_token_expires_at > Some(time::OffsetDateTime::now_utc() + time::Duration::minutes(30)));
+    assert!(
+        after.access_token_expires_at
+            > Some(time::OffsetDateTime::now_utc() + time::Duration::minutes(30))
+    );
     let stats = oauth_stats(&client_id).await;
     assert_eq!(
         (
