@@ -1408,3 +1408,34 @@ async fn a_microsoft_mailbox_without_client_secret_cannot_start() {
     );
     assert_eq!(t.get(id).await, created, "nothing changed");
 }
+
+#[tokio::test]
+async fn a_declined_re_authorization_leaves_a_working_mailbox_verified() {
+    let t = TestApp::spawn(Backend::Embedded).await;
+    let (m, _, _) = t.verified_mailbox("", "reauth", json!({})).await;
+    let id = m["id"].as_str().unwrap();
+    let before = t.secret(id).await.unwrap();
+    let (status, v) = t
+        .call("POST", &format!("/mailboxes/{id}/authorize"), None)
+        .await;
+    assert_eq!(status, 200);
+    let url = url::Url::parse(v["authorization_url"].as_str().unwrap()).unwrap();
+    let state = url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let (status, html) = t
+        .get_page(&format!("{}/oauth/callback?error=access_denied&error_description=AADSTS65004%3A+User+declined&state={state}", t.base))
+        .await;
+    assert_eq!(status, 200);
+    assert!(html.contains("still works"), "{html}");
+    let after = t.get(id).await;
+    assert_eq!(after["status"], "verified", "{after}");
+    assert_eq!(
+        t.secret(id).await.unwrap(),
+        before,
+        "the stored authorization is untouched"
+    );
+}

@@ -84,7 +84,7 @@ reasons! {
     InvalidScope => "invalid_scope",
         "The identity provider rejected the requested scopes. For Microsoft use `https://outlook.office.com/SMTP.Send offline_access openid email profile`.";
     TokenEndpointUnavailable => "token_endpoint_unavailable",
-        "The identity provider could not be reached or answered with a server error. Nothing was changed; it will be retried automatically.";
+        "The identity provider could not be reached or answered with a server error. The stored authorization was kept; the schedule retries automatically, or click Verify again later.";
     Throttled => "throttled",
         "The provider is throttling requests. It will be retried automatically later.";
     SmtpAuthDisabled => "smtp_auth_disabled",
@@ -100,7 +100,7 @@ reasons! {
     TlsRequired => "tls_required",
         "The mail server does not offer STARTTLS, so credentials cannot be sent safely. Check the SMTP host, port and security setting (Microsoft 365: smtp.office365.com, 587, starttls).";
     TlsFailed => "tls_failed",
-        "The TLS connection to the mail server failed (certificate not trusted or wrong host name). Check the SMTP host name.";
+        "The TLS connection to the mail server failed: the certificate is not trusted or names another host, or the security setting does not match the port (starttls for 587, tls for 465). Check the SMTP host, port and security setting.";
     ConnectionFailed => "connection_failed",
         "The mail server could not be reached. Check the SMTP host and port; it will be retried automatically.";
     SendAsDenied => "send_as_denied",

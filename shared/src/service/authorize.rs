@@ -7,7 +7,7 @@ use time::Duration;
 
 use crate::adapters::oauth::authorization_request;
 use crate::app::App;
-use crate::domain::mailbox::{AuthKind, MailboxRecord, Provider};
+use crate::domain::mailbox::{AuthKind, MailboxRecord, MailboxStatus, Provider};
 use crate::domain::reason::{Permanence, StatusReason, classify_token_error};
 use crate::domain::{MailboxId, TenantId, truncate};
 use crate::ports::AuthState;
@@ -186,12 +186,27 @@ async fn fail(
     reason: StatusReason,
     detail: Option<String>,
 ) -> CallbackOutcome {
+    tracing::warn!(tenant = %record.tenant, mailbox = %record.id, reason = reason.code(), detail = detail.as_deref().unwrap_or(""), "authorization failed");
+    if record.state.status == MailboxStatus::Verified && record.state.has_refresh_token {
+        // A failed re-authorization of a working mailbox: its stored authorization is untouched
+        // and still works, so saying "not verified" would be untrue.
+        return CallbackOutcome {
+            http_status: 200,
+            success: false,
+            title: "The new authorization failed; the mailbox still works".into(),
+            message: format!(
+                "{} The mailbox keeps its previous authorization and stays verified.",
+                reason.message()
+            ),
+            detail,
+            mailbox: Some(record.clone()),
+        };
+    }
     let saved = modify(app, &record.tenant, &record.id, |r| {
         r.state.set_not_verified(reason, detail.clone());
         true
     })
     .await;
-    tracing::warn!(tenant = %record.tenant, mailbox = %record.id, reason = reason.code(), detail = detail.as_deref().unwrap_or(""), "authorization failed");
     CallbackOutcome {
         http_status: 200,
         success: false,
