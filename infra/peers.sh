@@ -19,10 +19,14 @@ PEERS_SRC="$ROOT/tests/peers"
 STATE="$ROOT/.peers"
 VENV="$STATE/venv"
 VENV_SAM="$STATE/venv-sam"
-LOGS="$STATE/logs"
-TLS="$STATE/tls"
-PIDS="$STATE/pids"
-ENV_FILE="$STATE/env"
+# Run state (logs, certificates, pids, env) may live elsewhere, so that several runs on one
+# machine (a developer's tests beside a benchmark) do not stop each other's peers:
+# OM_PEERS_RUN=<dir> selects it (infra/test.sh uses one per invocation).
+RUN="${OM_PEERS_RUN:-$STATE}"
+LOGS="$RUN/logs"
+TLS="$RUN/tls"
+PIDS="$RUN/pids"
+ENV_FILE="$RUN/env"
 READY_TIMEOUT="${OM_PEERS_READY_TIMEOUT:-30}"
 
 say() { printf 'peers: %s\n' "$*"; }
@@ -190,11 +194,11 @@ cmd_start() {
   local moto_url="http://127.0.0.1:$p_moto" oauth_url="http://127.0.0.1:$p_oauth"
   local ctl_url="http://127.0.0.1:$p_ctl"
 
-  say "starting moto_server on 127.0.0.1:$p_moto (log .peers/logs/moto.log)"
+  say "starting moto_server on 127.0.0.1:$p_moto (log $LOGS/moto.log)"
   start_bg moto "$LOGS/moto.log" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$p_moto"
-  say "starting oauth peer on 127.0.0.1:$p_oauth (log .peers/logs/oauth.log)"
+  say "starting oauth peer on 127.0.0.1:$p_oauth (log $LOGS/oauth.log)"
   start_bg oauth "$LOGS/oauth.log" node "$PEERS_SRC/oauth.mjs" "$p_oauth"
-  say "starting smtp peer on 127.0.0.1:$p_smtp/$p_tls/$p_plain, control $p_ctl (log .peers/logs/smtp.log)"
+  say "starting smtp peer on 127.0.0.1:$p_smtp/$p_tls/$p_plain, control $p_ctl (log $LOGS/smtp.log)"
   start_bg smtp "$LOGS/smtp.log" env \
     OM_SMTP_PORT="$p_smtp" OM_SMTP_TLS_PORT="$p_tls" OM_SMTP_PLAIN_PORT="$p_plain" \
     OM_SMTP_CONTROL_PORT="$p_ctl" OM_TLS_CERT="$TLS/server.pem" OM_TLS_KEY="$TLS/server.key" \
