@@ -19,6 +19,8 @@ use crate::service::{ServiceError, authorize, mailboxes, verify};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest `POST /notifications` body (text and HTML may each be 512 KiB).
+pub const MAX_NOTIFICATION_BODY: usize = 1200 * 1024;
 
 /// The deployable units that serve HTTP routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +290,10 @@ fn view(r: &MailboxRecord, redirect: Option<&str>) -> MailboxView {
 }
 
 async fn json_body(req: Request) -> Result<Value, ApiError> {
+    json_body_limited(req, MAX_BODY).await
+}
+
+async fn json_body_limited(req: Request, limit: usize) -> Result<Value, ApiError> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -300,13 +306,13 @@ async fn json_body(req: Request) -> Result<Value, ApiError> {
             "Send the body as application/json.",
         ));
     }
-    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("The request body must be at most {} KiB.", MAX_BODY / 1024),
+                format!("The request body must be at most {} KiB.", limit / 1024),
             )
         })?;
     serde_json::from_slice(&bytes).map_err(|e| {
@@ -479,7 +485,7 @@ async fn healthz() -> Response {
 /// 422 failed for good, 503 + Retry-After when it should be tried again.
 async fn post_notification(State(app): State<App>, req: Request) -> ApiResult {
     let tenant = tenant_of(&app, &req)?;
-    let body = json_body(req).await?;
+    let body = json_body_limited(req, MAX_NOTIFICATION_BODY).await?;
     if body.get("tenant").is_some() {
         return Err(ApiError {
             status: StatusCode::BAD_REQUEST,
