@@ -7,38 +7,28 @@ use crate::config::{Profile, Settings};
 /// Read settings, wire the app, serve `function`'s routes under lambda_http.
 /// A bad setting ends start-up with one line naming the variable.
 pub async fn run_http(function: Function) -> Result<(), lambda_http::Error> {
-    crate::telemetry::init();
-    let settings = match Settings::from_env(Profile::Lambda) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            return Err(e.into());
-        }
-    };
-    let app = App::from_settings(
-        &settings,
-        Tenancy::JwtClaim {
-            claim: settings.tenant_claim.clone(),
-        },
-    )
-    .await
-    .inspect_err(|e| tracing::error!("{e}"))?;
+    let (app, _) = lambda_app().await?;
     lambda_http::run(router(app, &[function])).await
+}
+
+/// Every function's start-up: logging, settings (a bad one is one logged line and a failed
+/// init), adapters, tenancy from the API Gateway JWT authorizer's claim.
+async fn lambda_app() -> Result<(App, Settings), lambda_runtime::Error> {
+    crate::telemetry::init();
+    let settings = Settings::from_env(Profile::Lambda).inspect_err(|e| tracing::error!("{e}"))?;
+    let tenancy = Tenancy::JwtClaim {
+        claim: settings.tenant_claim.clone(),
+    };
+    let app = App::from_settings(&settings, tenancy)
+        .await
+        .inspect_err(|e| tracing::error!("{e}"))?;
+    Ok((app, settings))
 }
 
 /// The send-notification function: one handler, three doors (SQS batch, direct invoke,
 /// HTTP API `POST /notifications`).
 pub async fn run_send_notification() -> Result<(), lambda_runtime::Error> {
-    crate::telemetry::init();
-    let settings = Settings::from_env(Profile::Lambda).inspect_err(|e| tracing::error!("{e}"))?;
-    let app = App::from_settings(
-        &settings,
-        Tenancy::JwtClaim {
-            claim: settings.tenant_claim.clone(),
-        },
-    )
-    .await
-    .inspect_err(|e| tracing::error!("{e}"))?;
+    let (app, _) = lambda_app().await?;
     let http = router(app.clone(), &[Function::SendNotification]);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
@@ -178,17 +168,8 @@ async fn handle_http_event(http: &axum::Router, event: &serde_json::Value) -> se
 
 /// The token-refresh function: scheduled runs and manual `{"mailbox_ids": [...]}`.
 pub async fn run_token_refresh() -> Result<(), lambda_runtime::Error> {
-    crate::telemetry::init();
-    let settings = Settings::from_env(Profile::Lambda).inspect_err(|e| tracing::error!("{e}"))?;
+    let (app, settings) = lambda_app().await?;
     let concurrency = settings.refresh_concurrency;
-    let app = App::from_settings(
-        &settings,
-        Tenancy::JwtClaim {
-            claim: settings.tenant_claim.clone(),
-        },
-    )
-    .await
-    .inspect_err(|e| tracing::error!("{e}"))?;
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let app = app.clone();

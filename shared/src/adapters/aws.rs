@@ -431,16 +431,29 @@ impl LeaseStore for DynamoStore {
             .expression_attribute_values(":h", s(holder))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error(e)),
+        conditional_delete(result)
+    }
+}
+
+/// A conditional delete whose condition failed deleted nothing that was ours: that's fine.
+fn conditional_delete<R: std::fmt::Debug>(
+    result: Result<
+        aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput,
+        aws_sdk_dynamodb::error::SdkError<
+            aws_sdk_dynamodb::operation::delete_item::DeleteItemError,
+            R,
+        >,
+    >,
+) -> Result<(), StoreError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+        {
+            Ok(())
         }
+        Err(e) => Err(sdk_error(e)),
     }
 }
 
@@ -532,16 +545,7 @@ impl DeliveryLog for DynamoStore {
             .expression_attribute_values(":inflight", s("in_flight"))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error(e)),
-        }
+        conditional_delete(result)
     }
 }
 
