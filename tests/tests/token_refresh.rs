@@ -509,3 +509,86 @@ async fn changing_smtp_settings_keeps_the_authorization_and_the_job_reverifies()
         "not re-authorized"
     );
 }
+
+#[tokio::test]
+async fn alerts_also_go_to_the_webhook_once_per_change() {
+    // the test's own receiver (it only records what it is sent)
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Value)>::new()));
+    let sink = received.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let sink = sink.clone();
+                async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    sink.lock().unwrap().push((key, body));
+                    "ok"
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+
+    let (env, _) = default_sender_env();
+    let t = TestApp::spawn_with(
+        Backend::Embedded,
+        &[env, ("OUTGOING_MAIL_ALERT_WEBHOOK_URL", hook)],
+    )
+    .await;
+    let (m, _, _) = t
+        .verified_mailbox("", "hook", json!({"alert_recipients": []}))
+        .await;
+    let id = m["id"].as_str().unwrap();
+    edit(&t, id, |r| {
+        r.spec.client_id = Some(format!("revoked-{}", uuid::Uuid::new_v4().simple()))
+    })
+    .await;
+    token_expires_in(&t, id, 10).await;
+    let s = run(&t.app).await;
+    assert_eq!(s["alerts_sent"], 1, "{s}");
+    // a later manual run of the same broken mailbox does not alert again
+    token_refresh_event(
+        &t.app,
+        json!({"mailbox_ids": [format!("local/{id}")]}),
+        std::time::Duration::from_secs(30),
+        2,
+    )
+    .await
+    .unwrap();
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (key, body) = &got[0];
+    assert_eq!(body["type"], "mailbox.broken");
+    assert_eq!(body["mailbox_id"], id);
+    assert_eq!(body["status_reason"], "grant_revoked");
+    assert!(
+        body["status_message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorize")
+    );
+    assert!(
+        key.starts_with(id),
+        "idempotency key for the receiver: {key}"
+    );
+}
+
+#[test]
+fn a_plain_http_webhook_outside_loopback_is_refused_at_start_up() {
+    let e = outgoing_mail_tests::outgoing_mail::config::Settings::from_lookup(
+        outgoing_mail_tests::outgoing_mail::config::Profile::LocalServer,
+        |k| {
+            (k == "OUTGOING_MAIL_ALERT_WEBHOOK_URL")
+                .then(|| "http://hooks.example.com/x".to_owned())
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.var, "OUTGOING_MAIL_ALERT_WEBHOOK_URL");
+}
