@@ -149,10 +149,18 @@ is_ours() {
   esac
 }
 
+# the process exists and is not a zombie (during start-up its cmdline may still be the
+# forked shell or setsid, so is_ours would be too early to judge)
+alive() {
+  local state
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "$state" && "$state" != Z ]]
+}
+
 wait_ready() { # name url pid log
   local name="$1" url="$2" pid="$3" log="$4" deadline=$((SECONDS + READY_TIMEOUT))
   while ((SECONDS < deadline)); do
-    if ! is_ours "$name" "$pid"; then # (a dead child is a zombie until reaped: kill -0 would not see it)
+    if ! alive "$pid"; then # (a dead child is a zombie until reaped: kill -0 would not see it)
       printf 'peers: ERROR: %s exited during start-up; last lines of %s:\n' "$name" "$log" >&2
       tail -n 30 "$log" >&2 || true
       cmd_stop >&2 || true
