@@ -496,7 +496,12 @@ async fn post_notification(State(app): State<App>, req: Request) -> ApiResult {
     }
     let n = crate::domain::notification::parse_notification(&body).map_err(ServiceError::from)?;
     let result = crate::service::send::deliver(&app, &tenant, &n).await;
+    let earlier_failure = result
+        .record
+        .as_ref()
+        .is_some_and(|r| r.status == crate::ports::DeliveryStatus::Failed);
     let status = match result.status {
+        "duplicate" if earlier_failure => StatusCode::UNPROCESSABLE_ENTITY,
         "delivered" | "duplicate" => StatusCode::ACCEPTED,
         "failed" => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::SERVICE_UNAVAILABLE,

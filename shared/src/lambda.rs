@@ -163,7 +163,7 @@ async fn handle_http_event(http: &axum::Router, event: &serde_json::Value) -> se
     let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .unwrap_or_default();
-    json!({"statusCode": status, "headers": headers, "body": String::from_utf8_lossy(&body), "isBase64Encoded": false})
+    json!({"statusCode": status, "headers": headers, "body": String::from_utf8_lossy(&body), "isBase64Encoded": false, "cookies": []})
 }
 
 /// The token-refresh function: scheduled runs and manual `{"mailbox_ids": [...]}`.
@@ -179,18 +179,25 @@ pub async fn run_token_refresh() -> Result<(), lambda_runtime::Error> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0);
-                let budget = std::time::Duration::from_millis(
-                    event
-                        .context
-                        .deadline
-                        .saturating_sub(now_ms)
-                        .saturating_sub(30_000),
-                );
+                let budget = run_budget(event.context.deadline, now_ms);
                 token_refresh_event(&app, event.payload, budget, concurrency).await
             }
         },
     ))
     .await
+}
+
+/// How long a run may start new mailboxes: until 30 s before the invocation's deadline.
+/// A deadline that is not a future timestamp (some local emulators send a constant) gets the
+/// budget of a 15-minute Lambda.
+pub fn run_budget(deadline_ms: u64, now_ms: u64) -> std::time::Duration {
+    const LAMBDA_MAX_MS: u64 = 15 * 60 * 1000;
+    let left = if deadline_ms > now_ms && deadline_ms - now_ms <= LAMBDA_MAX_MS {
+        deadline_ms - now_ms
+    } else {
+        LAMBDA_MAX_MS
+    };
+    std::time::Duration::from_millis(left.saturating_sub(30_000))
 }
 
 /// Handle one token-refresh event; prints the EMF metrics line; returns the summary.

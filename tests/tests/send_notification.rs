@@ -520,3 +520,38 @@ async fn no_token_secret_or_message_body_reaches_the_logs() {
         "the message body reached the logs"
     );
 }
+
+#[tokio::test]
+async fn a_duplicate_of_a_failed_notification_is_not_reported_as_accepted() {
+    let t = TestApp::spawn(Backend::Embedded).await;
+    let (mailbox, _, _) = t.verified_mailbox("", "dupfail", json!({})).await;
+    let mut n = notification(&unique("n"), &test_user("nosuchuser"));
+    n["mailbox_id"] = mailbox["id"].clone();
+    assert_eq!(post(&t, n.clone()).await.0, 422);
+    let (status, r) = post(&t, n).await;
+    assert_eq!(
+        (status, r["status"].as_str(), r["record"]["status"].as_str()),
+        (422, Some("duplicate"), Some("failed")),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn an_api_gateway_response_carries_cookies_for_the_v2_payload_parser() {
+    let t = TestApp::spawn(Backend::Embedded).await;
+    let http = lambda_router(&t.app, &[Function::SendNotification]);
+    let event = json!({
+        "version": "2.0", "routeKey": "POST /notifications", "rawPath": "/notifications", "rawQueryString": "",
+        "headers": {"content-type": "application/json"},
+        "requestContext": {"accountId": "1", "apiId": "a", "domainName": "a.example", "domainPrefix": "a",
+            "http": {"method": "POST", "path": "/notifications", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.1", "userAgent": "t"},
+            "requestId": "r", "routeKey": "POST /notifications", "stage": "$default", "time": "04/Dec/2026:20:00:00 +0000", "timeEpoch": 0,
+            "authorizer": {"jwt": {"claims": {"tenant_id": "local"}, "scopes": null}}},
+        "body": "{}", "isBase64Encoded": false
+    });
+    let r = send_notification_event(&t.app, &http, event).await;
+    assert_eq!(r["statusCode"], 400);
+    let parsed: Result<lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse, _> =
+        serde_json::from_value(r.clone());
+    assert!(parsed.is_ok(), "not a valid payload 2.0 response: {r}");
+}

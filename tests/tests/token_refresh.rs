@@ -592,3 +592,17 @@ fn a_plain_http_webhook_outside_loopback_is_refused_at_start_up() {
     .unwrap_err();
     assert_eq!(e.var, "OUTGOING_MAIL_ALERT_WEBHOOK_URL");
 }
+
+#[test]
+fn the_run_budget_follows_the_deadline_and_survives_emulators() {
+    use outgoing_mail_tests::outgoing_mail::lambda::run_budget;
+    let now = 1_796_400_000_000u64;
+    assert_eq!(run_budget(now + 900_000, now).as_secs(), 870);
+    assert_eq!(
+        run_budget(now + 20_000, now).as_secs(),
+        0,
+        "less than 30 s left: start nothing"
+    );
+    // cargo lambda sends a constant, not a timestamp: behave like a 15-minute Lambda
+    assert_eq!(run_budget(600_000, now).as_secs(), 870);
+}

@@ -348,7 +348,14 @@ async fn attempt(app: &App, tenant: &TenantId, n: &Notification) -> Attempt {
     let mut why_fallback = match &mailbox {
         None => "the tenant has no default mailbox".to_owned(),
         Some(m) if m.state.status != MailboxStatus::Verified => {
-            format!("mailbox {} is {:?}", m.id, m.state.status).to_lowercase()
+            format!(
+                "mailbox {} is {}",
+                m.id,
+                serde_json::to_value(m.state.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )
         }
         Some(_) => String::new(),
     };
