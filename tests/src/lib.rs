@@ -364,29 +364,29 @@ pub fn oauth_mailbox(user: &str, client_flags: &str) -> Value {
     })
 }
 
+/// GET a peer's control endpoint as JSON.
+async fn peer_json<T: serde::de::DeserializeOwned>(url: String, what: &str) -> T {
+    let resp = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    resp.json()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: not JSON: {e}"))
+}
+
 /// The OAuth peer's request counts for one client id.
 pub async fn oauth_stats(client_id: &str) -> Value {
     let url = format!(
         "{}/_control/stats?client_id={client_id}",
         peer_env("OM_TEST_OAUTH_URL")
     );
-    reqwest::get(url)
-        .await
-        .expect("oauth stats")
-        .json()
-        .await
-        .expect("json")
+    peer_json(url, "oauth stats").await
 }
 
 /// The SMTP peer's counts for one AUTH user.
 pub async fn smtp_stats(user: &str) -> Value {
     let url = format!("{}/stats?user={user}", peer_env("OM_TEST_SMTP_CONTROL_URL"));
-    reqwest::get(url)
-        .await
-        .expect("smtp stats")
-        .json()
-        .await
-        .expect("json")
+    peer_json(url, "smtp stats").await
 }
 
 /// Router for a Lambda function with JWT-claim tenancy, for tests that go through the
@@ -482,12 +482,7 @@ pub async fn messages_for(rcpt: &str) -> Vec<Value> {
         "{}/messages?rcpt={rcpt}",
         peer_env("OM_TEST_SMTP_CONTROL_URL")
     );
-    reqwest::get(url)
-        .await
-        .expect("smtp messages")
-        .json()
-        .await
-        .expect("json")
+    peer_json(url, "smtp messages").await
 }
 
 impl TestApp {
