@@ -45,7 +45,10 @@ cleanup() {
   fi
   infra/peers.sh stop
 }
-infra/peers.sh start
+# `peers.sh start` can call a peer dead while its background job is still exec'ing (it reads
+# /proc/<pid>/cmdline, which is this script's until `setsid` runs): seen on the loaded machine,
+# so try twice
+infra/peers.sh start || { sleep 1; infra/peers.sh start; }
 trap cleanup EXIT
 # shellcheck disable=SC1091
 source .peers/env

@@ -1112,9 +1112,10 @@ async fn run() -> Result<(), String> {
             .map(|i| ms(i.handler.saturating_sub(i.peers)))
             .collect();
         let w_client: Vec<f64> = r.warm.iter().map(|i| ms(i.client)).collect();
-        let rss: Vec<f64> = r.rss_kb.iter().map(|k| *k as f64 / 1024.0).collect();
+        // decimal MB (10^6 bytes), the stricter reading of the budgets
+        let rss: Vec<f64> = r.rss_kb.iter().map(|k| *k as f64 * 1024.0 / 1e6).collect();
         let rss_max = rss.iter().copied().fold(0.0, f64::max);
-        let size_mb = r.size_bytes as f64 / (1024.0 * 1024.0);
+        let size_mb = r.size_bytes as f64 / 1e6;
         let fails = r.first.iter().chain(&r.warm).filter(|i| !i.ok).count();
         md.push_str(&format!(
             "| {} | {event}{} | {:.1} ms ({:.1}, {:.1}) | {:.1} / {:.1} / {:.1} ms | {:.2} / {:.2} ms | {:.2} ms ({:.2} · {:.2} · {:.2}) | **{:.2}** / {:.2} ms | {:.2} ms | {:.1} MB ({:.1}) | {:.2} MB |\n",
@@ -1177,7 +1178,7 @@ async fn run() -> Result<(), String> {
          *peers* = time inside the handler during which moto, the OAuth server or the SMTP server was being waited on \
          (request sent → its last reply bytes, union over connections, recorded by TCP relays in front of each peer); \
          *own* = handler − peers; *invoke via emulator* = the `Invoke` call end to end (adds the emulator's queueing). \
-         Peak RSS = `VmHWM` just before each process was stopped (after its first invocation, and after the warm run).\n",
+         Peak RSS = `VmHWM` just before each process was stopped (after its first invocation, and after the warm run). MB = 10^6 bytes.\n",
     );
     println!("\n## Cold start and footprint\n\n{md}");
     if let Some(path) = &a.write_md {

@@ -10,7 +10,7 @@
 //!
 //! Run through `infra/bench.sh` (it starts the peers); by hand:
 //! `source .peers/env && target/release/bench-send [--n 200] [--concurrency 10]
-//!  [--rounds 3] [--backend aws|embedded] [--write-md BENCHMARKS.md]`.
+//!  [--rounds 3] [--backend aws,embedded] [--write-md BENCHMARKS.md]`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,13 +31,13 @@ struct Args {
     n: usize,
     concurrency: usize,
     rounds: usize,
-    backend: Backend,
+    backends: Vec<Backend>,
     write_md: Option<PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-send [--n 200] [--concurrency 10] [--rounds 3] [--backend aws|embedded] [--write-md BENCHMARKS.md]\n\
+        "usage: bench-send [--n 200] [--concurrency 10] [--rounds 3] [--backend aws,embedded] [--write-md BENCHMARKS.md]\n\
          needs the peers' environment (source .peers/env after infra/peers.sh start)"
     );
     std::process::exit(2)
@@ -48,7 +48,7 @@ fn args() -> Args {
         n: 200,
         concurrency: 10,
         rounds: 3,
-        backend: Backend::Aws,
+        backends: vec![Backend::Aws, Backend::Embedded],
         write_md: None,
     };
     let mut it = std::env::args().skip(1);
@@ -59,17 +59,20 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = value().parse().unwrap_or_else(|_| usage()),
             "--rounds" => a.rounds = value().parse().unwrap_or_else(|_| usage()),
             "--backend" => {
-                a.backend = match value().as_str() {
-                    "aws" => Backend::Aws,
-                    "embedded" => Backend::Embedded,
-                    _ => usage(),
-                }
+                a.backends = value()
+                    .split(',')
+                    .map(|b| match b.trim() {
+                        "aws" => Backend::Aws,
+                        "embedded" => Backend::Embedded,
+                        _ => usage(),
+                    })
+                    .collect()
             }
             "--write-md" => a.write_md = Some(PathBuf::from(value())),
             _ => usage(),
         }
     }
-    if a.n == 0 || a.concurrency == 0 || a.rounds == 0 {
+    if a.n == 0 || a.concurrency == 0 || a.rounds == 0 || a.backends.is_empty() {
         usage()
     }
     a
@@ -267,17 +270,9 @@ async fn main() {
     }
 }
 
-async fn run() -> Result<(), String> {
-    let a = args();
-    // quiet logs (the harness's capture_logs would print every debug line to stderr)
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-        ))
-        .with_writer(std::io::stderr)
-        .try_init();
-    let load_before = loadavg();
-    let t = TestApp::spawn(a.backend).await;
+/// Both paths on one store backend, in alternating rounds.
+async fn bench_backend(a: &Args, backend: Backend) -> Result<Vec<(Path, Round)>, String> {
+    let t = TestApp::spawn(backend).await;
     let settings = settings(&[("OUTGOING_MAIL_PUBLIC_URL", t.base.clone())]);
     let mut lanes = Vec::new();
     for path in [Path::Warm, Path::Naive] {
@@ -300,7 +295,8 @@ async fn run() -> Result<(), String> {
             let lane = &lanes[i];
             let r = run_round(&t, &warm, &settings, lane, a.n, a.concurrency).await?;
             eprintln!(
-                "round {}: {:<5} {:>7.1} msg/s, {} SMTP connections, p50 {:.1} ms",
+                "{}: round {}: {:<5} {:>7.1} msg/s, {} SMTP connections, p50 {:.1} ms",
+                backend_name(backend),
                 round + 1,
                 if lane.path == Path::Warm {
                     "warm"
@@ -314,43 +310,37 @@ async fn run() -> Result<(), String> {
             results.push((lane.path, r));
         }
     }
+    Ok(results)
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Aws => "aws",
+        Backend::Embedded => "embedded",
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let a = args();
+    // quiet logs (the harness's capture_logs would print every debug line to stderr)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let load_before = loadavg();
+    let mut per_backend = Vec::new();
+    for &backend in &a.backends {
+        per_backend.push((backend, bench_backend(&a, backend).await?));
+    }
     let load_after = loadavg();
 
-    let summary = |path: Path| {
-        let rounds: Vec<&Round> = results
-            .iter()
-            .filter(|(p, _)| *p == path)
-            .map(|(_, r)| r)
-            .collect();
-        let rates: Vec<f64> = rounds.iter().map(|r| r.rate()).collect();
-        let lat: Vec<f64> = rounds
-            .iter()
-            .flat_map(|r| r.latencies_ms.iter().copied())
-            .collect();
-        let conns: Vec<String> = rounds.iter().map(|r| r.connections.to_string()).collect();
-        let maxc = rounds.iter().map(|r| r.max_concurrent).max().unwrap_or(0);
-        let refreshes: u64 = rounds.iter().map(|r| r.refreshes).sum();
-        (
-            median(&rates),
-            rates,
-            percentile(&lat, 50.0),
-            percentile(&lat, 99.0),
-            conns,
-            maxc,
-            refreshes,
-        )
-    };
-    let (w_rate, w_rates, w_p50, w_p99, w_conns, w_max, w_ref) = summary(Path::Warm);
-    let (n_rate, n_rates, n_p50, n_p99, n_conns, n_max, n_ref) = summary(Path::Naive);
     let fmt_rates = |v: &[f64]| {
         v.iter()
             .map(|r| format!("{r:.0}"))
             .collect::<Vec<_>>()
             .join(" / ")
-    };
-    let backend = match a.backend {
-        Backend::Aws => "aws (DynamoDB + Secrets Manager on moto)",
-        Backend::Embedded => "embedded (SQLite + encrypted secret file)",
     };
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -358,34 +348,64 @@ async fn run() -> Result<(), String> {
     let revision = std::env::var("OM_BENCH_REVISION").unwrap_or_else(|_| "unknown".into());
     let mut md = String::new();
     md.push_str(&format!(
-        "N = {} notifications per round, concurrency {}, {} rounds (naive and warm alternate), store backend {backend}; \
-         SMTP peer over STARTTLS + XOAUTH2, one verified mailbox per path.\n\
+        "N = {} notifications per round, concurrency {}, {} rounds per path (naive and warm alternate); \
+         SMTP peer over STARTTLS + XOAUTH2, one verified mailbox per path. Store backends: `aws` = DynamoDB + Secrets Manager on moto \
+         (what the Lambda functions use), `embedded` = SQLite + encrypted secret file (no moto in the way: shows the mail path).\n\
          Machine: {}, load average {load_before} before / {load_after} after (shared with other builds: noisy). Date: {date}. Revision: {revision}.\n\n",
         a.n,
         a.concurrency,
         a.rounds,
         machine()
     ));
-    md.push_str("| path | msg/s (median of rounds) | msg/s per round | latency p50 / p99 per message | SMTP connections opened per round | most concurrent SMTP sessions | OAuth refreshes |\n");
-    md.push_str("|---|---:|---|---|---|---:|---:|\n");
-    md.push_str(&format!(
-        "| warm: one App, `deliver` (token cache + pooled SMTP, ≤ 3 connections per mailbox) | **{w_rate:.0}** | {} | {w_p50:.1} / {w_p99:.1} ms | {} | {w_max} | {w_ref} |\n",
-        fmt_rates(&w_rates),
-        w_conns.join(" / ")
-    ));
-    md.push_str(&format!(
-        "| naive: `App::with_stores` per message (secret read + new connection per message) | {n_rate:.0} | {} | {n_p50:.1} / {n_p99:.1} ms | {} | {n_max} | {n_ref} |\n",
-        fmt_rates(&n_rates),
-        n_conns.join(" / ")
-    ));
-    md.push_str(&format!(
-        "| **warm / naive** | **{:.1}×** | | {:.2}× latency | | | |\n",
-        w_rate / n_rate,
-        w_p50 / n_p50
-    ));
+    md.push_str("| store | path | msg/s (median of rounds) | msg/s per round | latency p50 / p99 per message | SMTP connections opened per round | most concurrent SMTP sessions | OAuth refreshes |\n");
+    md.push_str("|---|---|---:|---|---|---|---:|---:|\n");
+    for (backend, results) in &per_backend {
+        let summary = |path: Path| {
+            let rounds: Vec<&Round> = results
+                .iter()
+                .filter(|(p, _)| *p == path)
+                .map(|(_, r)| r)
+                .collect();
+            let rates: Vec<f64> = rounds.iter().map(|r| r.rate()).collect();
+            let lat: Vec<f64> = rounds
+                .iter()
+                .flat_map(|r| r.latencies_ms.iter().copied())
+                .collect();
+            let conns: Vec<String> = rounds.iter().map(|r| r.connections.to_string()).collect();
+            let maxc = rounds.iter().map(|r| r.max_concurrent).max().unwrap_or(0);
+            let refreshes: u64 = rounds.iter().map(|r| r.refreshes).sum();
+            (
+                median(&rates),
+                rates,
+                percentile(&lat, 50.0),
+                percentile(&lat, 99.0),
+                conns,
+                maxc,
+                refreshes,
+            )
+        };
+        let (w_rate, w_rates, w_p50, w_p99, w_conns, w_max, w_ref) = summary(Path::Warm);
+        let (n_rate, n_rates, n_p50, n_p99, n_conns, n_max, n_ref) = summary(Path::Naive);
+        let b = backend_name(*backend);
+        md.push_str(&format!(
+            "| {b} | warm: one App, `deliver` (token cache + pooled SMTP, ≤ 3 connections per mailbox) | **{w_rate:.0}** | {} | {w_p50:.1} / {w_p99:.1} ms | {} | {w_max} | {w_ref} |\n",
+            fmt_rates(&w_rates),
+            w_conns.join(" / ")
+        ));
+        md.push_str(&format!(
+            "| {b} | naive: `App::with_stores` per message (secret read + new connection per message) | {n_rate:.0} | {} | {n_p50:.1} / {n_p99:.1} ms | {} | {n_max} | {n_ref} |\n",
+            fmt_rates(&n_rates),
+            n_conns.join(" / ")
+        ));
+        md.push_str(&format!(
+            "| {b} | **warm / naive** | **{:.1}×** | | {:.2}× latency | | | |\n",
+            w_rate / n_rate,
+            w_p50 / n_p50
+        ));
+    }
     md.push_str(
-        "\nThe warm path's first round includes its warm-up (one secret read, the first connections); \
-         later rounds reuse the pooled connections (idle timeout 50 s), so they open none.\n",
+        "\nThe warm path's first round includes its warm-up (one secret read, the first connections). \
+         \"Most concurrent SMTP sessions\" is the SMTP peer's high-water mark for that mailbox over all its rounds.\n",
     );
     println!("\n## send-notification throughput\n\n{md}");
     if let Some(path) = &a.write_md {
