@@ -191,6 +191,92 @@ async fn fifty_concurrent_sends_with_an_expired_token_refresh_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_burst_from_one_container_uses_at_most_three_smtp_sessions_and_keeps_them() {
+    let t = TestApp::spawn(Backend::Embedded).await;
+    let (mailbox, user, _) = t.verified_mailbox("", "pool", json!({})).await;
+    let after_verification = smtp_stats(&user).await["connections"].as_u64().unwrap();
+    let burst = |round: usize| {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let mut n = notification(&unique(&format!("pool-{round}-{i}")), &test_user("rcpt"));
+            n["mailbox_id"] = mailbox["id"].clone();
+            let (app, tenant) = (t.app.clone(), t.tenant.clone());
+            tasks.push(tokio::spawn(async move {
+                let n =
+                    outgoing_mail_tests::outgoing_mail::domain::notification::parse_notification(
+                        &n,
+                    )
+                    .unwrap();
+                outgoing_mail_tests::outgoing_mail::service::send::deliver(&app, &tenant, &n).await
+            }));
+        }
+        tasks
+    };
+    for task in burst(1) {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, "delivered", "{r:?}");
+    }
+    let first = smtp_stats(&user).await;
+    assert_eq!(first["messages"], 20, "{first}");
+    // Exchange Online allows 3 concurrent connections per mailbox
+    assert!(
+        first["max_concurrent"].as_u64().unwrap() <= 3,
+        "never more than 3 SMTP sessions for one mailbox at once: {first}"
+    );
+    let opened = first["connections"].as_u64().unwrap() - after_verification;
+    assert!(
+        (1..=3).contains(&opened),
+        "20 messages over at most 3 connections: {first}"
+    );
+    for task in burst(2) {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, "delivered", "{r:?}");
+    }
+    let second = smtp_stats(&user).await;
+    assert_eq!(second["messages"], 40, "{second}");
+    assert_eq!(
+        second["connections"], first["connections"],
+        "the next burst reuses the pooled connections: {second}"
+    );
+    assert!(second["max_concurrent"].as_u64().unwrap() <= 3, "{second}");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_sends_without_waiting_for_delayed_acks() {
+    // lettre writes a message and its final "." in two writes: on a socket with Nagle's
+    // algorithm the second write waits for the server's delayed ACK (40 ms on Linux, up to
+    // 200 ms against Exchange) on every message. The SMTP adapter's sockets set TCP_NODELAY.
+    let t = TestApp::spawn(Backend::Embedded).await;
+    let (mailbox, user, _) = t.verified_mailbox("", "nodelay", json!({})).await;
+    let send = |i: usize| {
+        let mut n = notification(&unique(&format!("nodelay-{i}")), &test_user("rcpt"));
+        n["mailbox_id"] = mailbox["id"].clone();
+        outgoing_mail_tests::outgoing_mail::domain::notification::parse_notification(&n).unwrap()
+    };
+    // the first send opens the pooled connection
+    let r = outgoing_mail_tests::outgoing_mail::service::send::deliver(&t.app, &t.tenant, &send(0))
+        .await;
+    assert_eq!(r.status, "delivered", "{r:?}");
+    let mut took = Vec::new();
+    for i in 1..=15 {
+        let n = send(i);
+        let started = std::time::Instant::now();
+        let r =
+            outgoing_mail_tests::outgoing_mail::service::send::deliver(&t.app, &t.tenant, &n).await;
+        took.push(started.elapsed());
+        assert_eq!(r.status, "delivered", "{r:?}");
+    }
+    took.sort();
+    let fastest = took[0];
+    assert_eq!(smtp_stats(&user).await["messages"], 16);
+    assert!(
+        fastest < std::time::Duration::from_millis(38),
+        "every one of 15 sends on a warm connection took ≥ 38 ms (fastest {fastest:?}): \
+         the socket waits for delayed ACKs"
+    );
+}
+
+#[tokio::test]
 async fn an_sqs_batch_with_one_poison_message_fails_only_that_message() {
     let t = TestApp::spawn(Backend::Embedded).await;
     let (mailbox, _, _) = t.verified_mailbox("", "sqs", json!({})).await;

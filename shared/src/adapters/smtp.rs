@@ -2,15 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::Tls;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::domain::Sensitive;
 use crate::domain::notification::OutgoingMessage;
@@ -22,11 +19,53 @@ use crate::ports::{MailTransport, SmtpCredentials, SmtpError};
 /// Connections per pool key (one mailbox): Exchange Online allows 3 per mailbox.
 pub const MAX_CONNECTIONS_PER_MAILBOX: u32 = 3;
 
+/// How long an idle authenticated connection is kept for the next message.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// A connection idle for longer than this is checked with NOOP before it is reused; a fresher
+/// one is used straight away (lettre's own pool sends NOOP before every message: one more
+/// round trip per message).
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(5);
+
+/// The authenticated connections of one pool key (mailbox), for one credential.
 struct Pooled {
-    /// The credential the pool authenticates with (lettre fixes credentials per transport).
+    /// The credential these connections authenticated with (a new token means new connections).
     credential: Sensitive,
     target: (String, u16, SmtpSecurity),
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// Connections not in use, with the time they were parked; at most
+    /// `MAX_CONNECTIONS_PER_MAILBOX` exist because the limiter caps concurrent sends per key.
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+}
+
+impl Pooled {
+    /// The most recently parked usable connection, if any.
+    async fn take(&self) -> Option<AsyncSmtpConnection> {
+        loop {
+            let (mut conn, parked) = self.idle.lock().ok()?.pop()?;
+            let idle = parked.elapsed();
+            if idle > IDLE_TIMEOUT || (idle > CHECK_IDLE_AFTER && !conn.test_connected().await) {
+                conn.abort().await;
+                continue;
+            }
+            return Some(conn);
+        }
+    }
+
+    async fn park(&self, mut conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            conn.abort().await;
+            return;
+        }
+        let extra = match self.idle.lock() {
+            Ok(mut idle) if idle.len() < MAX_CONNECTIONS_PER_MAILBOX as usize => {
+                idle.push((conn, Instant::now()));
+                None
+            }
+            _ => Some(conn),
+        };
+        if let Some(mut conn) = extra {
+            conn.abort().await;
+        }
+    }
 }
 
 /// Lettre-based transport. TLS parameters (root store + extra CA) are built once per host;
@@ -58,56 +97,30 @@ impl LettreTransport {
         })
     }
 
-    fn pool(
-        &self,
-        key: &str,
-        smtp: &SmtpSettings,
-        credentials: &SmtpCredentials,
-    ) -> Result<Arc<Pooled>, SmtpError> {
-        let (user, secret, mechanisms) = match credentials {
-            SmtpCredentials::Xoauth2 { user, access_token } => {
-                (user, access_token, vec![Mechanism::Xoauth2])
-            }
-            SmtpCredentials::Password { user, password } => {
-                (user, password, vec![Mechanism::Plain, Mechanism::Login])
-            }
+    /// The pool for `key` and these credentials; a new (empty) one when the credential or the
+    /// server changed. Looked up and replaced under one lock, so concurrent first sends share
+    /// one pool instead of each opening connections in a pool of its own.
+    fn pool(&self, key: &str, smtp: &SmtpSettings, credentials: &SmtpCredentials) -> Arc<Pooled> {
+        let secret = match credentials {
+            SmtpCredentials::Xoauth2 { access_token, .. } => access_token,
+            SmtpCredentials::Password { password, .. } => password,
         };
         let target = (smtp.host.to_string(), smtp.port, smtp.security);
-        if let Some(p) = self.pools.lock().ok().and_then(|m| m.get(key).cloned())
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.get(key)
             && p.credential == *secret
             && p.target == target
         {
-            return Ok(p);
+            return p.clone();
         }
-        let host = smtp.host.as_str();
-        let tls = match smtp.security {
-            SmtpSecurity::Starttls => Tls::Required(self.tls_parameters(host)?),
-            SmtpSecurity::Tls => Tls::Wrapper(self.tls_parameters(host)?),
-            SmtpSecurity::None => Tls::None,
-        };
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(smtp.port)
-            .tls(tls)
-            .hello_name(self.hello.clone())
-            .credentials(Credentials::new(user.clone(), secret.expose().to_owned()))
-            .authentication(mechanisms)
-            .timeout(Some(self.timeout))
-            .pool_config(
-                PoolConfig::new()
-                    .max_size(MAX_CONNECTIONS_PER_MAILBOX)
-                    .idle_timeout(Duration::from_secs(50)),
-            )
-            .build();
+        // the replaced pool (old token) closes its idle connections when it is dropped
         let pooled = Arc::new(Pooled {
             credential: secret.clone(),
             target,
-            transport,
+            idle: Mutex::default(),
         });
-        if let Ok(mut m) = self.pools.lock() {
-            // the replaced pool (old token) closes its connections when its last user drops it
-            m.insert(key.to_owned(), pooled.clone());
-        }
-        Ok(pooled)
+        pools.insert(key.to_owned(), pooled.clone());
+        pooled
     }
 
     pub fn tls_parameters(&self, host: &str) -> Result<TlsParameters, SmtpError> {
@@ -143,16 +156,32 @@ impl LettreTransport {
             SmtpSecurity::Tls => Some(self.tls_parameters(host)?),
             _ => None,
         };
-        let mut conn = tokio::time::timeout(
-            self.timeout,
-            AsyncSmtpConnection::connect_tokio1(
-                (host, smtp.port),
-                Some(self.timeout),
-                &self.hello,
-                implicit,
-                None,
-            ),
-        )
+        let hello = &self.hello;
+        let connecting = async {
+            if let Some(tls) = implicit {
+                // implicit TLS: lettre opens the socket itself (no TCP_NODELAY)
+                return AsyncSmtpConnection::connect_tokio1(
+                    (host, smtp.port),
+                    Some(self.timeout),
+                    hello,
+                    Some(tls),
+                    None,
+                )
+                .await
+                .map_err(Connecting::Smtp);
+            }
+            let tcp = tokio::net::TcpStream::connect((host, smtp.port))
+                .await
+                .map_err(Connecting::Tcp)?;
+            // lettre writes a message and its terminating "." in two writes; with Nagle's
+            // algorithm the second waits for the server's delayed ACK (40 ms on Linux, up to
+            // 200 ms on Windows servers) on every message
+            let _ = tcp.set_nodelay(true);
+            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), hello)
+                .await
+                .map_err(Connecting::Smtp)
+        };
+        let mut conn = tokio::time::timeout(self.timeout, connecting)
         .await
         .map_err(|_| {
             let hint = if implicit_tls {
@@ -166,6 +195,16 @@ impl LettreTransport {
             ))
         })?
         .map_err(|e| {
+            let e = match e {
+                // the text lettre gives the same failure ("Connection error: ...")
+                Connecting::Tcp(e) => {
+                    return connection_error(format!(
+                        "{host}:{}: Connection error: {e}",
+                        smtp.port
+                    ));
+                }
+                Connecting::Smtp(e) => e,
+            };
             let mut err =
                 classify_lettre(&e, credentials.is_oauth(), &format!("{host}:{}", smtp.port));
             if implicit_tls && err.detail.contains("corrupt message") {
@@ -206,6 +245,12 @@ impl LettreTransport {
         }
         Ok(conn)
     }
+}
+
+/// Where opening a connection failed.
+enum Connecting {
+    Tcp(std::io::Error),
+    Smtp(lettre::transport::smtp::Error),
 }
 
 fn tls_error(detail: String) -> SmtpError {
@@ -346,7 +391,7 @@ impl MailTransport for LettreTransport {
             detail: "the connection limiter was closed".into(),
             code: None,
         })?;
-        let pool = self.pool(pool_key, smtp, credentials)?;
+        let pool = self.pool(pool_key, smtp, credentials);
         let bad = |what: &str| SmtpError {
             reason: StatusReason::SmtpError,
             detail: format!("invalid {what} address"),
@@ -361,27 +406,48 @@ impl MailTransport for LettreTransport {
             .map_err(|_| bad("recipient"))?;
         let envelope =
             lettre::address::Envelope::new(Some(from), to).map_err(|_| bad("envelope"))?;
-        match pool.transport.send_raw(&envelope, &message.bytes).await {
-            Ok(resp) => Ok(format!(
-                "{} {}",
-                resp.code(),
-                resp.message().collect::<Vec<_>>().join(" ")
-            )),
-            Err(e) => {
+        let forget_refused = |err: &SmtpError| {
+            if err.reason == StatusReason::TokenRejected
+                || err.reason == StatusReason::CredentialsRejected
+            {
+                // never reuse a pool whose credentials were refused
+                if let Ok(mut m) = self.pools.lock() {
+                    m.remove(pool_key);
+                }
+            }
+        };
+        let mut conn = match pool.take().await {
+            Some(conn) => conn,
+            None => self
+                .connect(smtp, credentials)
+                .await
+                .inspect_err(|e| forget_refused(e))?,
+        };
+        match tokio::time::timeout(self.timeout, conn.send(&envelope, &message.bytes)).await {
+            Ok(Ok(resp)) => {
+                pool.park(conn).await;
+                Ok(format!(
+                    "{} {}",
+                    resp.code(),
+                    resp.message().collect::<Vec<_>>().join(" ")
+                ))
+            }
+            Ok(Err(e)) => {
+                // lettre has closed the connection after a failed transaction
                 let err = classify_lettre(
                     &e,
                     credentials.is_oauth(),
                     &format!("{}:{}", smtp.host, smtp.port),
                 );
-                if err.reason == StatusReason::TokenRejected
-                    || err.reason == StatusReason::CredentialsRejected
-                {
-                    // never reuse a pool whose credentials were refused
-                    if let Ok(mut m) = self.pools.lock() {
-                        m.remove(pool_key);
-                    }
-                }
+                forget_refused(&err);
                 Err(err)
+            }
+            Err(_) => {
+                conn.abort().await;
+                Err(connection_error(format!(
+                    "{}:{}: no reply to the message within {:?}",
+                    smtp.host, smtp.port, self.timeout
+                )))
             }
         }
     }
