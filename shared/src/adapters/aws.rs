@@ -51,9 +51,32 @@ where
 
 pub use aws_config::SdkConfig;
 
+/// The roots AWS service endpoints chain to (Amazon Trust Services: Amazon Root CA 1–4 and
+/// the Starfield Services G2 cross-sign), from the ca-certificates package.
+const AWS_TRUST_ROOTS: &[u8] = include_bytes!("aws-trust-roots.pem");
+
 /// Load the shared AWS configuration once (region, credentials, `AWS_ENDPOINT_URL`).
+///
+/// The SDK's default HTTPS client loads and parses the whole system trust store (~140 PEM
+/// certificates) when the first client is built: ~78 % of a function's init instructions.
+/// AWS endpoints only need the Amazon Trust Services roots, parsed in a fraction of that.
 pub async fn load_sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    let trust = TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(AWS_TRUST_ROOTS);
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let loader = match TlsContext::builder().with_trust_store(trust).build() {
+        Ok(ctx) => loader.http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+                .tls_context(ctx)
+                .build_https(),
+        ),
+        // cannot happen with the embedded roots; the SDK's default client still works
+        Err(_) => loader,
+    };
+    loader.load().await
 }
 
 #[derive(Clone)]
