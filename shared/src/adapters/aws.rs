@@ -317,9 +317,12 @@ impl MailboxStore for DynamoStore {
         now: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<MailboxRecord>, StoreError> {
-        let mut out: Vec<MailboxRecord> = Vec::new();
+        // The shards are queried at once: an idle run (nothing due, every few minutes) costs
+        // one round trip of latency, not DUE_SHARDS of them. Each shard yields its items in
+        // due order, so its first `limit` are all it can contribute to the earliest `limit`.
+        let mut shards = tokio::task::JoinSet::new();
         for shard in 0..DUE_SHARDS {
-            let mut pages = self
+            let query = self
                 .client
                 .query()
                 .table_name(&self.table)
@@ -329,16 +332,24 @@ impl MailboxStore for DynamoStore {
                 .expression_attribute_values(
                     ":now",
                     AttributeValue::N(now.unix_timestamp().to_string()),
-                )
-                .into_paginator()
-                .items()
-                .send();
-            while let Some(item) = pages.next().await {
-                out.push(data_of(&item.map_err(sdk_error)?)?);
-                if out.len() >= limit * 2 {
-                    break;
+                );
+            shards.spawn(async move {
+                let mut found = Vec::new();
+                let mut pages = query.into_paginator().items().send();
+                while let Some(item) = pages.next().await {
+                    found.push(data_of(&item.map_err(sdk_error)?)?);
+                    if found.len() >= limit {
+                        break;
+                    }
                 }
-            }
+                Ok::<_, StoreError>(found)
+            });
+        }
+        let mut out: Vec<MailboxRecord> = Vec::new();
+        while let Some(joined) = shards.join_next().await {
+            let found =
+                joined.map_err(|e| StoreError::Unavailable(format!("due query: {e}")))??;
+            out.extend(found);
         }
         out.sort_by_key(|r| r.state.next_due_at);
         out.truncate(limit);
