@@ -14,7 +14,8 @@ use crate::ports::AuthState;
 
 use super::tokens::client_config;
 use super::verify::{Failure, Verification, VerifyMode, apply, check};
-use super::{ServiceError, load, modify};
+use super::warm::CachedToken;
+use super::{ServiceError, load, modify_from};
 
 /// How long a `state` stays valid.
 pub const STATE_LIFETIME: Duration = Duration::minutes(10);
@@ -202,7 +203,7 @@ async fn fail(
             mailbox: Some(record.clone()),
         };
     }
-    let saved = modify(app, &record.tenant, &record.id, |r| {
+    let saved = modify_from(app, &record.tenant, &record.id, Some(record.clone()), |r| {
         r.state.set_not_verified(reason, detail.clone());
         true
     })
@@ -389,8 +390,18 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
             "The tokens could not be stored. Nothing was changed. Click Authorize again in a minute.",
         );
     }
+    // the verification below uses the new access token straight from the warm cache
+    if let Some(expires_at) = tokens.expires_at {
+        app.warm.put_token(
+            &(record.tenant.clone(), record.id.clone()),
+            CachedToken {
+                token: tokens.access_token.clone(),
+                expires_at,
+            },
+        );
+    }
     let fingerprint = record.spec.verification_fingerprint();
-    let authorized = modify(app, &record.tenant, &record.id, |r| {
+    let authorized = modify_from(app, &record.tenant, &record.id, Some(record.clone()), |r| {
         if r.spec.verification_fingerprint() != fingerprint {
             return false;
         }
@@ -417,7 +428,7 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
 
     let v: Verification = check(app, &record).await;
     let now = app.clock.now();
-    let saved = modify(app, &record.tenant, &record.id, |r| {
+    let saved = modify_from(app, &record.tenant, &record.id, Some(record.clone()), |r| {
         if r.spec.verification_fingerprint() != fingerprint {
             return false;
         }

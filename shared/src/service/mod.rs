@@ -80,10 +80,25 @@ pub(crate) async fn modify(
     app: &App,
     tenant: &TenantId,
     id: &MailboxId,
+    f: impl FnMut(&mut MailboxRecord) -> bool,
+) -> Result<MailboxRecord, ServiceError> {
+    modify_from(app, tenant, id, None, f).await
+}
+
+/// [`modify`] starting from a copy of the record read moments ago (`known`): its version makes
+/// the write safe, and a conflict re-reads. Saves one store read when nobody wrote in between.
+pub(crate) async fn modify_from(
+    app: &App,
+    tenant: &TenantId,
+    id: &MailboxId,
+    mut known: Option<MailboxRecord>,
     mut f: impl FnMut(&mut MailboxRecord) -> bool,
 ) -> Result<MailboxRecord, ServiceError> {
     for _ in 0..5 {
-        let mut r = load(app, tenant, id).await?;
+        let mut r = match known.take() {
+            Some(r) => r,
+            None => load(app, tenant, id).await?,
+        };
         let before = r.state.status;
         if !f(&mut r) {
             return Ok(r);
