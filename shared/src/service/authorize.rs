@@ -259,7 +259,16 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
             "More than 10 minutes passed between Authorize and the sign-in. Nothing was changed. Click Authorize again and finish the sign-in promptly.",
         );
     }
-    let record = match app.mailboxes.get(&state.tenant, &state.mailbox_id).await {
+    // A sign-in that returned a code needs the mailbox's secret (its client secret) as well:
+    // both are read at once, one store round trip of latency instead of two.
+    let (found, secret_read) =
+        tokio::join!(app.mailboxes.get(&state.tenant, &state.mailbox_id), async {
+            match params.error {
+                None => Some(app.secrets.get(&state.tenant, &state.mailbox_id).await),
+                Some(_) => None,
+            }
+        });
+    let record = match found {
         Ok(Some(r)) => r,
         Ok(None) => {
             return CallbackOutcome::refused(
@@ -318,7 +327,11 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
         );
     };
 
-    let mut secret = match app.secrets.get(&record.tenant, &record.id).await {
+    let secret_read = match secret_read {
+        Some(read) => read,
+        None => app.secrets.get(&record.tenant, &record.id).await,
+    };
+    let mut secret = match secret_read {
         Ok(s) => s.unwrap_or_default(),
         Err(e) => {
             tracing::error!(error = %e, "secret store unavailable");
