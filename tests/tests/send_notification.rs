@@ -277,6 +277,73 @@ async fn a_pooled_connection_sends_without_waiting_for_delayed_acks() {
 }
 
 #[tokio::test]
+async fn idle_smtp_connections_of_a_mailbox_that_stopped_sending_are_closed() {
+    use outgoing_mail_tests::outgoing_mail::adapters::smtp::LettreTransport;
+    use outgoing_mail_tests::outgoing_mail::domain::Hostname;
+    use outgoing_mail_tests::outgoing_mail::domain::Sensitive;
+    use outgoing_mail_tests::outgoing_mail::domain::mailbox::{SmtpSecurity, SmtpSettings};
+    use outgoing_mail_tests::outgoing_mail::domain::notification::OutgoingMessage;
+    use outgoing_mail_tests::outgoing_mail::ports::{MailTransport, SmtpCredentials};
+
+    let ca = std::fs::read(peer_env("OM_TEST_CA")).unwrap();
+    let transport = LettreTransport::new(Some(&ca), std::time::Duration::from_secs(5))
+        .unwrap()
+        .with_idle_timeout(std::time::Duration::from_secs(1));
+    let smtp = SmtpSettings {
+        host: Hostname::parse("smtp_host", &peer_env("OM_TEST_SMTP_HOST")).unwrap(),
+        port: peer_env("OM_TEST_SMTP_PORT").parse().unwrap(),
+        security: SmtpSecurity::Starttls,
+    };
+    let send = |user: String| {
+        let (transport, smtp) = (transport.clone(), smtp.clone());
+        async move {
+            let to = test_user("rcpt");
+            let message = OutgoingMessage {
+                envelope_from: user.clone(),
+                recipients: vec![to.clone()],
+                message_id: format!("<{}@tenant.test>", unique("idle")),
+                bytes: format!("From: {user}\r\nTo: {to}\r\nSubject: idle\r\n\r\nhello\r\n")
+                    .into_bytes(),
+            };
+            let creds = SmtpCredentials::Password {
+                user: user.clone(),
+                password: Sensitive::new("correct-horse".to_owned()),
+            };
+            transport
+                .send(&user, &smtp, &creds, &message)
+                .await
+                .unwrap()
+        }
+    };
+    let (quiet, busy) = (test_user("quiet"), test_user("busy"));
+    send(quiet.clone()).await;
+    assert_eq!(transport.idle_connections(), 1);
+    assert_eq!(
+        smtp_stats(&quiet).await["active"],
+        1,
+        "kept for the next message"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    // another mailbox sends: the quiet mailbox's expired connection is closed meanwhile
+    send(busy.clone()).await;
+    assert_eq!(
+        transport.idle_connections(),
+        1,
+        "only the busy mailbox's connection"
+    );
+    let mut active = Value::Null;
+    for _ in 0..40 {
+        active = smtp_stats(&quiet).await["active"].clone();
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(active, 0, "the SMTP server saw the idle connection closed");
+    assert_eq!(smtp_stats(&busy).await["active"], 1);
+}
+
+#[tokio::test]
 async fn an_sqs_batch_with_one_poison_message_fails_only_that_message() {
     let t = TestApp::spawn(Backend::Embedded).await;
     let (mailbox, _, _) = t.verified_mailbox("", "sqs", json!({})).await;

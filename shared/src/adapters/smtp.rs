@@ -21,6 +21,11 @@ pub const MAX_CONNECTIONS_PER_MAILBOX: u32 = 3;
 
 /// How long an idle authenticated connection is kept for the next message.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Idle connections kept over all mailboxes at most (a Lambda sandbox may open 1,024 files);
+/// beyond it the longest-idle ones are closed.
+const MAX_IDLE_CONNECTIONS: usize = 256;
+/// How often the pools of mailboxes that stopped sending are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// A connection idle for longer than this is checked with NOOP before it is reused; a fresher
 /// one is used straight away (lettre's own pool sends NOOP before every message: one more
 /// round trip per message).
@@ -38,11 +43,11 @@ struct Pooled {
 
 impl Pooled {
     /// The most recently parked usable connection, if any.
-    async fn take(&self) -> Option<AsyncSmtpConnection> {
+    async fn take(&self, idle_timeout: Duration) -> Option<AsyncSmtpConnection> {
         loop {
             let (mut conn, parked) = self.idle.lock().ok()?.pop()?;
             let idle = parked.elapsed();
-            if idle > IDLE_TIMEOUT || (idle > CHECK_IDLE_AFTER && !conn.test_connected().await) {
+            if idle > idle_timeout || (idle > CHECK_IDLE_AFTER && !conn.test_connected().await) {
                 conn.abort().await;
                 continue;
             }
@@ -76,10 +81,44 @@ pub struct LettreTransport {
     timeout: Duration,
     hello: ClientId,
     tls_cache: Arc<Mutex<HashMap<String, TlsParameters>>>,
-    pools: Arc<Mutex<HashMap<String, Arc<Pooled>>>>,
-    /// lettre's pool caps idle connections, not concurrent ones: this caps concurrency
-    /// per key (and so open connections), surviving pool replacement on a new token.
+    pools: Arc<Mutex<Pools>>,
+    /// At most `MAX_CONNECTIONS_PER_MAILBOX` sends at a time per key (and so open
+    /// connections), surviving pool replacement on a new token.
     limits: Arc<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
+    idle_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Pools {
+    by_key: HashMap<String, Arc<Pooled>>,
+    swept_at: Option<Instant>,
+}
+
+impl Pools {
+    /// Close connections idle for longer than `idle_timeout` in every pool (a mailbox that
+    /// stopped sending is never asked again), forget pools nobody uses, and keep at most
+    /// `MAX_IDLE_CONNECTIONS` idle connections in all. Dropping a connection closes its socket.
+    fn sweep(&mut self, idle_timeout: Duration) {
+        self.swept_at = Some(Instant::now());
+        let mut parked: Vec<Instant> = Vec::new();
+        self.by_key.retain(|_, pool| {
+            let Ok(mut idle) = pool.idle.lock() else {
+                return false;
+            };
+            idle.retain(|(_, at)| at.elapsed() <= idle_timeout);
+            parked.extend(idle.iter().map(|(_, at)| *at));
+            !idle.is_empty() || Arc::strong_count(pool) > 1
+        });
+        if parked.len() > MAX_IDLE_CONNECTIONS {
+            parked.sort_unstable();
+            let keep_from = parked[parked.len() - MAX_IDLE_CONNECTIONS];
+            for pool in self.by_key.values() {
+                if let Ok(mut idle) = pool.idle.lock() {
+                    idle.retain(|(_, at)| *at >= keep_from);
+                }
+            }
+        }
+    }
 }
 
 impl LettreTransport {
@@ -94,7 +133,24 @@ impl LettreTransport {
             tls_cache: Arc::default(),
             pools: Arc::default(),
             limits: Arc::default(),
+            idle_timeout: IDLE_TIMEOUT,
         })
+    }
+
+    /// Keep idle connections for `idle` instead of 50 s (tests).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// Idle connections held over all mailboxes (tests, diagnostics).
+    pub fn idle_connections(&self) -> usize {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .by_key
+            .values()
+            .map(|p| p.idle.lock().map(|i| i.len()).unwrap_or(0))
+            .sum()
     }
 
     /// The pool for `key` and these credentials; a new (empty) one when the credential or the
@@ -107,7 +163,17 @@ impl LettreTransport {
         };
         let target = (smtp.host.to_string(), smtp.port, smtp.security);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = pools.get(key)
+        if pools
+            .swept_at
+            .is_none_or(|at| at.elapsed() >= SWEEP_EVERY.min(self.idle_timeout))
+        {
+            pools.sweep(self.idle_timeout);
+            if let Ok(mut limits) = self.limits.lock() {
+                // a semaphore nobody holds or waits on is recreated when next needed
+                limits.retain(|k, l| k == key || Arc::strong_count(l) > 1);
+            }
+        }
+        if let Some(p) = pools.by_key.get(key)
             && p.credential == *secret
             && p.target == target
         {
@@ -119,7 +185,7 @@ impl LettreTransport {
             target,
             idle: Mutex::default(),
         });
-        pools.insert(key.to_owned(), pooled.clone());
+        pools.by_key.insert(key.to_owned(), pooled.clone());
         pooled
     }
 
@@ -412,11 +478,11 @@ impl MailTransport for LettreTransport {
             {
                 // never reuse a pool whose credentials were refused
                 if let Ok(mut m) = self.pools.lock() {
-                    m.remove(pool_key);
+                    m.by_key.remove(pool_key);
                 }
             }
         };
-        let mut conn = match pool.take().await {
+        let mut conn = match pool.take(self.idle_timeout).await {
             Some(conn) => conn,
             None => self
                 .connect(smtp, credentials)
