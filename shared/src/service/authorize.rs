@@ -414,18 +414,26 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
         );
     }
     let fingerprint = record.spec.verification_fingerprint();
-    let authorized = modify_from(app, &record.tenant, &record.id, Some(record.clone()), |r| {
-        if r.spec.verification_fingerprint() != fingerprint {
-            return false;
+    // The authorization is recorded while the SMTP check runs (the check needs only the
+    // stored tokens, already written): the record write costs no latency of its own.
+    let (authorized, v) = tokio::join!(
+        modify_from(app, &record.tenant, &record.id, Some(record.clone()), |r| {
+            if r.spec.verification_fingerprint() != fingerprint {
+                return false;
+            }
+            r.state.has_refresh_token = true;
+            r.state.authorized_at = Some(now);
+            r.state.last_refreshed_at = Some(now);
+            r.state.refresh_token_last_used_at = Some(now);
+            r.state.access_token_expires_at = tokens.expires_at;
+            true
+        }),
+        async {
+            tracing::info!(tenant = %record.tenant, mailbox = %record.id, "authorization stored; verifying");
+            check(app, &record).await
         }
-        r.state.has_refresh_token = true;
-        r.state.authorized_at = Some(now);
-        r.state.last_refreshed_at = Some(now);
-        r.state.refresh_token_last_used_at = Some(now);
-        r.state.access_token_expires_at = tokens.expires_at;
-        true
-    })
-    .await;
+    );
+    let v: Verification = v;
     let record = match authorized {
         Ok(r) => r,
         Err(e) => {
@@ -437,9 +445,6 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
             );
         }
     };
-    tracing::info!(tenant = %record.tenant, mailbox = %record.id, "authorization stored; verifying");
-
-    let v: Verification = check(app, &record).await;
     let now = app.clock.now();
     let saved = modify_from(app, &record.tenant, &record.id, Some(record.clone()), |r| {
         if r.spec.verification_fingerprint() != fingerprint {
