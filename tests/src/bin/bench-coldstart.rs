@@ -449,6 +449,25 @@ fn vm_kb(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU time (user + system) the process has used so far, in ms (/proc/<pid>/stat).
+fn cpu_ms(pid: u32, ticks_per_s: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command name: state is field 3, utime 14, stime 15
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = rest.get(11)?.parse().ok()?;
+    let stime: f64 = rest.get(12)?.parse().ok()?;
+    Some((utime + stime) * 1000.0 / ticks_per_s)
+}
+
+fn clock_ticks_per_s() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 fn log_tail(path: &Path) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
@@ -782,6 +801,8 @@ struct FnResult {
     init_ms: Vec<f64>,
     first: Vec<Inv>,
     warm: Vec<Inv>,
+    /// CPU (user + system) per warm invocation, averaged over the warm run.
+    warm_cpu_ms: Option<f64>,
     rss_kb: Vec<u64>,
     failures: Vec<String>,
 }
@@ -883,6 +904,7 @@ async fn run() -> Result<(), String> {
     std::fs::create_dir_all(&a.log_dir).map_err(|e| format!("{}: {e}", a.log_dir.display()))?;
     let load_before = loadavg();
     let started = Instant::now();
+    let ticks = clock_ticks_per_s();
 
     // relays
     let rt = Arc::new(RtLog::default());
@@ -1007,6 +1029,7 @@ async fn run() -> Result<(), String> {
             init_ms: Vec::new(),
             first: Vec::new(),
             warm: Vec::new(),
+            warm_cpu_ms: None,
             rss_kb: Vec::new(),
             failures: Vec::new(),
         };
@@ -1027,21 +1050,29 @@ async fn run() -> Result<(), String> {
         eprintln!("bench-coldstart: {f}: {} warm invocations", a.warm);
         let (p, init) = start_function(&bin, &env, &log_file, &rt).await?;
         r.init_ms.push(ms(init));
+        let pid = p.pid;
         let warm = async {
             // the first invocation of this process is a cold one: not part of the warm figures
             let (event, check) = event_for(f, &ctx).await?;
             invoke(&http, &a.emulator, f, &event, &rt, &peers, check).await?;
+            let cpu_before = cpu_ms(pid, ticks);
             let mut out = Vec::with_capacity(a.warm);
             for _ in 0..a.warm {
                 let (event, check) = event_for(f, &ctx).await?;
                 out.push(invoke(&http, &a.emulator, f, &event, &rt, &peers, check).await?);
             }
-            Ok::<_, String>(out)
+            // the function is idle between invocations: what it used, it used handling them
+            let cpu = cpu_before
+                .zip(cpu_ms(pid, ticks))
+                .map(|(b, a)| (a - b) / out.len().max(1) as f64);
+            Ok::<_, String>((out, cpu))
         }
         .await;
         // stop the process whatever happened (an error must not leave it running)
         r.rss_kb.extend(stop(p).await);
-        for inv in warm? {
+        let (warm, cpu) = warm?;
+        r.warm_cpu_ms = cpu;
+        for inv in warm {
             if !inv.ok && r.failures.len() < 3 {
                 r.failures.push(inv.summary.clone());
             }
@@ -1082,8 +1113,8 @@ async fn run() -> Result<(), String> {
         pct(&baseline.iter().map(|i| ms(i.client)).collect::<Vec<_>>(), 99.0),
         pct(&baseline.iter().map(|i| ms(i.handler)).collect::<Vec<_>>(), 50.0),
     ));
-    md.push_str("| function | representative event | init p50 (p90, max) | first invocation p50: handler / peers / own | warm handler p50 / p99 | warm peers p50 (moto · oauth · smtp) | **warm own overhead p50** / p99 | invoke via emulator p50 | peak RSS max (p50) | binary (x86_64, stripped) |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| function | representative event | init p50 (p90, max) | first invocation p50: handler / peers / own | warm handler p50 / p99 | warm peers p50 (moto · oauth · smtp) | **warm own overhead p50** / p99 | warm CPU per invocation | invoke via emulator p50 | peak RSS max (p50) | binary (x86_64, stripped) |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut budget_rows = String::new();
     for r in &results {
         let event = match r.name.as_str() {
@@ -1118,7 +1149,7 @@ async fn run() -> Result<(), String> {
         let size_mb = r.size_bytes as f64 / 1e6;
         let fails = r.first.iter().chain(&r.warm).filter(|i| !i.ok).count();
         md.push_str(&format!(
-            "| {} | {event}{} | {:.1} ms ({:.1}, {:.1}) | {:.1} / {:.1} / {:.1} ms | {:.2} / {:.2} ms | {:.2} ms ({:.2} · {:.2} · {:.2}) | **{:.2}** / {:.2} ms | {:.2} ms | {:.1} MB ({:.1}) | {:.2} MB |\n",
+            "| {} | {event}{} | {:.1} ms ({:.1}, {:.1}) | {:.1} / {:.1} / {:.1} ms | {:.2} / {:.2} ms | {:.2} ms ({:.2} · {:.2} · {:.2}) | **{:.2}** / {:.2} ms | {} | {:.2} ms | {:.1} MB ({:.1}) | {:.2} MB |\n",
             r.name,
             if fails > 0 {
                 format!(" — **{fails} unexpected answers**")
@@ -1139,6 +1170,9 @@ async fn run() -> Result<(), String> {
             pct(&w_by[2], 50.0),
             pct(&w_own, 50.0),
             pct(&w_own, 99.0),
+            r.warm_cpu_ms
+                .map(|c| format!("{c:.2} ms"))
+                .unwrap_or_else(|| "—".into()),
             pct(&w_client, 50.0),
             rss_max,
             pct(&rss, 50.0),
@@ -1177,7 +1211,8 @@ async fn run() -> Result<(), String> {
          *handler* = the emulator hands the event out → the function posts its response (what Lambda bills); \
          *peers* = time inside the handler during which moto, the OAuth server or the SMTP server was being waited on \
          (request sent → its last reply bytes, union over connections, recorded by TCP relays in front of each peer); \
-         *own* = handler − peers; *invoke via emulator* = the `Invoke` call end to end (adds the emulator's queueing). \
+         *own* = handler − peers (work done while a peer is also being waited on, e.g. concurrent store calls, is not own time); \
+         *warm CPU per invocation* = user + system CPU the process used over the warm run (/proc/<pid>/stat) ÷ invocations, whether or not it overlapped a peer's time; *invoke via emulator* = the `Invoke` call end to end (adds the emulator's queueing). \
          Peak RSS = `VmHWM` just before each process was stopped (after its first invocation, and after the warm run). MB = 10^6 bytes.\n",
     );
     println!("\n## Cold start and footprint\n\n{md}");
