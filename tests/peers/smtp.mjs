@@ -213,7 +213,24 @@ const control = http.createServer((req, res) => {
     const { active, ...s } = userStats(user);
     return sendJson(res, 200, { ...s, active });
   }
-  sendJson(res, 404, { error: 'not found', endpoints: ['/messages?rcpt=ADDR', '/stats?user=ADDR', '/health'] });
+  if (url.pathname === '/drop') {
+    // cut the user's open sessions, as a server restart or a middlebox's idle timeout would
+    const user = (url.searchParams.get('user') || '').toLowerCase();
+    let dropped = 0;
+    for (const [s] of servers) {
+      for (const c of s.connections) {
+        if (user && c.session?.omAuth?.user?.toLowerCase() === user) {
+          c._socket.destroy();
+          dropped++;
+        }
+      }
+    }
+    return sendJson(res, 200, { dropped });
+  }
+  sendJson(res, 404, {
+    error: 'not found',
+    endpoints: ['/messages?rcpt=ADDR', '/stats?user=ADDR', '/drop?user=ADDR', '/health'],
+  });
 });
 
 const servers = [

@@ -501,3 +501,11 @@ impl TestApp {
         self.app.warm.forget(&(self.tenant.clone(), mid));
     }
 }
+
+/// Make the SMTP peer cut every open session of `user` (a server restart, a middlebox's idle
+/// timeout); returns how many it cut.
+pub async fn smtp_drop_sessions(user: &str) -> u64 {
+    let url = format!("{}/drop?user={user}", peer_env("OM_TEST_SMTP_CONTROL_URL"));
+    let answer: Value = peer_json(url, "smtp drop").await;
+    answer["dropped"].as_u64().unwrap_or(0)
+}

@@ -212,33 +212,29 @@ async fn a_burst_from_one_container_uses_at_most_three_smtp_sessions_and_keeps_t
         }
         tasks
     };
-    for task in burst(1) {
-        let r = task.await.unwrap();
-        assert_eq!(r.status, "delivered", "{r:?}");
+    let mut connections = Vec::new();
+    for round in 1..=2 {
+        for task in burst(round) {
+            let r = task.await.unwrap();
+            assert_eq!(r.status, "delivered", "{r:?}");
+        }
+        let stats = smtp_stats(&user).await;
+        assert_eq!(stats["messages"], 20 * round as u64, "{stats}");
+        // Exchange Online allows 3 concurrent connections per mailbox
+        assert!(
+            stats["max_concurrent"].as_u64().unwrap() <= 3,
+            "never more than 3 SMTP sessions for one mailbox at once: {stats}"
+        );
+        connections.push(stats["connections"].as_u64().unwrap() - after_verification);
     }
-    let first = smtp_stats(&user).await;
-    assert_eq!(first["messages"], 20, "{first}");
-    // Exchange Online allows 3 concurrent connections per mailbox
     assert!(
-        first["max_concurrent"].as_u64().unwrap() <= 3,
-        "never more than 3 SMTP sessions for one mailbox at once: {first}"
+        (1..=3).contains(&connections[0]),
+        "20 messages over at most 3 connections: {connections:?}"
     );
-    let opened = first["connections"].as_u64().unwrap() - after_verification;
-    assert!(
-        (1..=3).contains(&opened),
-        "20 messages over at most 3 connections: {first}"
-    );
-    for task in burst(2) {
-        let r = task.await.unwrap();
-        assert_eq!(r.status, "delivered", "{r:?}");
-    }
-    let second = smtp_stats(&user).await;
-    assert_eq!(second["messages"], 40, "{second}");
     assert_eq!(
-        second["connections"], first["connections"],
-        "the next burst reuses the pooled connections: {second}"
+        connections[1], connections[0],
+        "the next burst reuses the pooled connections"
     );
-    assert!(second["max_concurrent"].as_u64().unwrap() <= 3, "{second}");
 }
 
 #[tokio::test]
@@ -341,6 +337,41 @@ async fn idle_smtp_connections_of_a_mailbox_that_stopped_sending_are_closed() {
     }
     assert_eq!(active, 0, "the SMTP server saw the idle connection closed");
     assert_eq!(smtp_stats(&busy).await["active"], 1);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_is_replaced_without_failing_the_send() {
+    let t = TestApp::spawn(Backend::Embedded).await;
+    let (mailbox, user, _) = t.verified_mailbox("", "dropped", json!({})).await;
+    let send = |i: usize| {
+        let mut n = notification(&unique(&format!("dropped-{i}")), &test_user("rcpt"));
+        n["mailbox_id"] = mailbox["id"].clone();
+        let n = outgoing_mail_tests::outgoing_mail::domain::notification::parse_notification(&n)
+            .unwrap();
+        let (app, tenant) = (t.app.clone(), t.tenant.clone());
+        async move {
+            outgoing_mail_tests::outgoing_mail::service::send::deliver(&app, &tenant, &n).await
+        }
+    };
+    let first = send(1).await;
+    assert_eq!(first.status, "delivered", "{first:?}");
+    let before = smtp_stats(&user).await;
+    assert_eq!(before["active"], 1, "the connection is pooled: {before}");
+    assert_eq!(smtp_drop_sessions(&user).await, 1);
+    // the pooled connection is fresh (< 5 s idle): it is used without a NOOP first
+    let second = send(2).await;
+    assert_eq!(
+        (second.status, second.reason.as_deref()),
+        ("delivered", None),
+        "{second:?}"
+    );
+    let after = smtp_stats(&user).await;
+    assert_eq!(after["messages"], 2, "{after}");
+    assert_eq!(
+        after["connections"].as_u64().unwrap(),
+        before["connections"].as_u64().unwrap() + 1,
+        "one new connection replaced the closed one: {after}"
+    );
 }
 
 #[tokio::test]

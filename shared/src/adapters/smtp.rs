@@ -313,6 +313,15 @@ impl LettreTransport {
     }
 }
 
+/// Did a reused connection fail because it was already closed (not because of this message)?
+/// A network error before any reply, or `421` (the server is closing the channel).
+fn closed_under_us(e: &lettre::transport::smtp::Error) -> bool {
+    match e.status() {
+        Some(code) => code.to_string() == "421",
+        None => !e.is_client() && !e.is_timeout() && !e.is_tls(),
+    }
+}
+
 /// Where opening a connection failed.
 enum Connecting {
     Tcp(std::io::Error),
@@ -482,14 +491,31 @@ impl MailTransport for LettreTransport {
                 }
             }
         };
-        let mut conn = match pool.take(self.idle_timeout).await {
-            Some(conn) => conn,
-            None => self
+        let (mut conn, reused) = match pool.take(self.idle_timeout).await {
+            Some(conn) => (conn, true),
+            None => (
+                self.connect(smtp, credentials)
+                    .await
+                    .inspect_err(|e| forget_refused(e))?,
+                false,
+            ),
+        };
+        let mut sent =
+            tokio::time::timeout(self.timeout, conn.send(&envelope, &message.bytes)).await;
+        if reused && matches!(&sent, Ok(Err(e)) if closed_under_us(e)) {
+            // A pooled connection the server (or a middlebox) closed while it sat idle: the
+            // message was not accepted. Once more on a fresh connection.
+            tracing::info!(
+                pool = pool_key,
+                "pooled SMTP connection was closed by the server; reconnecting"
+            );
+            conn = self
                 .connect(smtp, credentials)
                 .await
-                .inspect_err(|e| forget_refused(e))?,
-        };
-        match tokio::time::timeout(self.timeout, conn.send(&envelope, &message.bytes)).await {
+                .inspect_err(|e| forget_refused(e))?;
+            sent = tokio::time::timeout(self.timeout, conn.send(&envelope, &message.bytes)).await;
+        }
+        match sent {
             Ok(Ok(resp)) => {
                 pool.park(conn).await;
                 Ok(format!(
