@@ -65,7 +65,21 @@ pub async fn load_sdk_config() -> aws_config::SdkConfig {
     let trust = TrustStore::empty()
         .with_native_roots(false)
         .with_pem_certificate(AWS_TRUST_ROOTS);
-    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    use aws_sdk_dynamodb::config::StalledStreamProtectionConfig;
+    use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+    use std::time::Duration;
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        // Every call here is small: a hung one must fail (and be retried) within seconds, not
+        // hold the function until Lambda's own timeout. Bounded attempts also make the
+        // stalled-stream watchdog (meant for large downloads) redundant.
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(15))
+                .build(),
+        )
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
     let loader = match TlsContext::builder().with_trust_store(trust).build() {
         Ok(ctx) => loader.http_client(
             aws_smithy_http_client::Builder::new()
