@@ -963,6 +963,8 @@ async fn run() -> Result<(), String> {
     let tid = TenantId::parse(&tenant).ok_or("tenant id")?;
     let mid = MailboxId::parse(&mailbox_id).ok_or("mailbox id")?;
     let mut getitem = Vec::new();
+    let me = std::process::id();
+    let cpu_before = cpu_ms(me, ticks);
     for _ in 0..200 {
         let t0 = Instant::now();
         t.app
@@ -972,6 +974,41 @@ async fn run() -> Result<(), String> {
             .map_err(|e| format!("GetItem: {e}"))?;
         getitem.push(ms(t0.elapsed()));
     }
+    // CPU per call in this process (same release profile as the functions, but a
+    // multi-threaded runtime and idle relays around it: an upper bound for the functions)
+    let per_call = |before: Option<f64>, n: usize| {
+        before
+            .zip(cpu_ms(me, ticks))
+            .map(|(b, a)| format!("{:.2} ms", (a - b) / n as f64))
+            .unwrap_or_else(|| "—".into())
+    };
+    let getitem_cpu = per_call(cpu_before, getitem.len());
+    let verify_cpu = {
+        use outgoing_mail_tests::outgoing_mail::domain::mailbox::{SmtpSecurity, SmtpSettings};
+        use outgoing_mail_tests::outgoing_mail::domain::{Hostname, Sensitive};
+        use outgoing_mail_tests::outgoing_mail::ports::SmtpCredentials;
+        let smtp = SmtpSettings {
+            host: Hostname::parse("smtp_host", &peer_env("OM_TEST_SMTP_HOST"))
+                .map_err(|e| format!("smtp host: {e:?}"))?,
+            port: peer_env("OM_TEST_SMTP_PORT")
+                .parse()
+                .map_err(|_| "OM_TEST_SMTP_PORT")?,
+            security: SmtpSecurity::Starttls,
+        };
+        let creds = SmtpCredentials::Password {
+            user: format!("cpu-{}@tenant.test", std::process::id()),
+            password: Sensitive::new("correct-horse"),
+        };
+        let before = cpu_ms(me, ticks);
+        for _ in 0..50 {
+            t.app
+                .mail
+                .verify(&smtp, &creds)
+                .await
+                .map_err(|e| format!("SMTP verification: {}", e.detail))?;
+        }
+        per_call(before, 50)
+    };
 
     let ctx = Ctx {
         t,
@@ -1101,7 +1138,9 @@ async fn run() -> Result<(), String> {
          Runtime API: `cargo lambda watch --only-lambda-apis` (cargo-lambda 1.9.2). {} cold starts and {} warm invocations per function.\n\n\
          Reference times measured by the harness: moto `GetItem` (the mailbox, through the DynamoDB adapter) p50 {:.2} ms, p99 {:.2} ms; \
          the emulator itself (a do-nothing function served by the harness through the same relay, 200 invocations): invoke end to end p50 {:.2} ms, p99 {:.2} ms, of which \
-         event handed out → response posted p50 {:.2} ms.\n\n",
+         event handed out → response posted p50 {:.2} ms. \
+         CPU (user + system) per call in the harness process (same release build; a multi-threaded runtime, so an upper bound for the functions): \
+         a signed DynamoDB `GetItem` through the adapter {getitem_cpu}; an SMTP verification (connect, STARTTLS handshake, AUTH PLAIN, QUIT) {verify_cpu}.\n\n",
         started.elapsed().as_secs_f64(),
         a.mailboxes,
         a.mailboxes.clamp(1, 100),
