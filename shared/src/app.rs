@@ -93,7 +93,7 @@ pub async fn open_stores(settings: &Settings) -> Result<Stores, StartupError> {
         #[cfg(feature = "aws")]
         StoreKind::Aws => {
             use crate::adapters::aws::{DynamoStore, SecretsManagerStore, load_sdk_config};
-            let sdk = load_sdk_config().await;
+            let sdk = load_sdk_config(settings.aws_timeout).await;
             let table = settings.table.clone().unwrap_or_default();
             let store = Arc::new(DynamoStore::new(&sdk, table));
             let secrets = Arc::new(SecretsManagerStore::new(
@@ -170,7 +170,10 @@ impl App {
 #[cfg(feature = "aws")]
 fn default_sender_from_secret(settings: &Settings) -> Arc<dyn DefaultSenderSource> {
     match &settings.default_sender_secret {
-        Some(id) => Arc::new(crate::adapters::aws::SecretDefaultSender::new(id.clone())),
+        Some(id) => Arc::new(crate::adapters::aws::SecretDefaultSender::new(
+            id.clone(),
+            settings.aws_timeout,
+        )),
         None => Arc::new(EnvDefaultSender(None)),
     }
 }

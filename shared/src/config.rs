@@ -33,6 +33,9 @@ pub struct Settings {
     pub tenant_claim: String,
     pub token_timeout: std::time::Duration,
     pub smtp_timeout: std::time::Duration,
+    /// One attempt of a DynamoDB / Secrets Manager call (OUTGOING_MAIL_AWS_TIMEOUT_SECS);
+    /// a whole call, retries included, may take three times as long.
+    pub aws_timeout: std::time::Duration,
     /// The platform's default sender, inline (OUTGOING_MAIL_DEFAULT_SENDER, JSON).
     pub default_sender: Option<crate::service::send::DefaultSender>,
     /// … or the id/ARN of a Secrets Manager secret holding that JSON.
@@ -246,6 +249,7 @@ impl Settings {
                 .unwrap_or_else(|| "tenant_id".to_owned()),
             token_timeout: secs("OUTGOING_MAIL_TOKEN_TIMEOUT_SECS", 10)?,
             smtp_timeout: secs("OUTGOING_MAIL_SMTP_TIMEOUT_SECS", 15)?,
+            aws_timeout: secs("OUTGOING_MAIL_AWS_TIMEOUT_SECS", 10)?,
         })
     }
 }
@@ -289,6 +293,7 @@ mod tests {
         let s = with(&[], Profile::LocalServer).unwrap();
         assert_eq!(s.store, StoreKind::Embedded);
         assert_eq!(s.public_url.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(s.aws_timeout, std::time::Duration::from_secs(10));
         assert_eq!(
             with(&[], Profile::Lambda).unwrap_err().var,
             "OUTGOING_MAIL_TABLE"
@@ -304,6 +309,8 @@ mod tests {
             ("OUTGOING_MAIL_ADMIN_TOKEN", "short"),
             ("OUTGOING_MAIL_EXTRA_CA", "/nonexistent.pem"),
             ("OUTGOING_MAIL_SECRET_PREFIX", "bad prefix"),
+            ("OUTGOING_MAIL_AWS_TIMEOUT_SECS", "0"),
+            ("OUTGOING_MAIL_AWS_TIMEOUT_SECS", "ten"),
         ] {
             let e = with(&[(k, v)], Profile::LocalServer).unwrap_err();
             assert_eq!(e.var, k);

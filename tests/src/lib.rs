@@ -112,7 +112,9 @@ pub async fn aws_sdk_config() -> outgoing_mail::adapters::aws::SdkConfig {
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     }
-    outgoing_mail::adapters::aws::load_sdk_config().await
+    // moto is one Python process serving every parallel test (and the benchmarks' 10,000-item
+    // tables): give it far longer than DynamoDB would ever need
+    outgoing_mail::adapters::aws::load_sdk_config(std::time::Duration::from_secs(120)).await
 }
 
 /// Log lines captured from this test process (each nextest test is its own process).

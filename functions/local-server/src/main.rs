@@ -39,7 +39,7 @@ async fn run() -> Result<(), String> {
     let stores = open_stores(&settings).await.map_err(|e| e.to_string())?;
     if settings.store == StoreKind::Aws && std::env::var_os("AWS_ENDPOINT_URL").is_some() {
         // against an emulator, create the table the template would have created
-        let sdk = outgoing_mail::adapters::aws::load_sdk_config().await;
+        let sdk = outgoing_mail::adapters::aws::load_sdk_config(settings.aws_timeout).await;
         let table = settings.table.clone().unwrap_or_default();
         outgoing_mail::adapters::aws::DynamoStore::new(&sdk, table)
             .create_table_if_missing()

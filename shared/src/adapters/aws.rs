@@ -60,7 +60,10 @@ const AWS_TRUST_ROOTS: &[u8] = include_bytes!("aws-trust-roots.pem");
 /// The SDK's default HTTPS client loads and parses the whole system trust store (~140 PEM
 /// certificates) when the first client is built: ~78 % of a function's init instructions.
 /// AWS endpoints only need the Amazon Trust Services roots, parsed in a fraction of that.
-pub async fn load_sdk_config() -> aws_config::SdkConfig {
+///
+/// `attempt_timeout` bounds one attempt of a call (`OUTGOING_MAIL_AWS_TIMEOUT_SECS`); the whole
+/// call, retries included, gets three times as long.
+pub async fn load_sdk_config(attempt_timeout: std::time::Duration) -> aws_config::SdkConfig {
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
     let trust = TrustStore::empty()
         .with_native_roots(false)
@@ -74,9 +77,9 @@ pub async fn load_sdk_config() -> aws_config::SdkConfig {
         // stalled-stream watchdog (meant for large downloads) redundant.
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(5))
-                .operation_timeout(Duration::from_secs(15))
+                .connect_timeout(Duration::from_secs(3).min(attempt_timeout))
+                .operation_attempt_timeout(attempt_timeout)
+                .operation_timeout(attempt_timeout * 3)
                 .build(),
         )
         .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
@@ -736,13 +739,15 @@ impl SecretStore for SecretsManagerStore {
 /// (`OUTGOING_MAIL_DEFAULT_SENDER_SECRET`) and kept while the process is warm.
 pub struct SecretDefaultSender {
     secret_id: String,
+    timeout: std::time::Duration,
     cached: tokio::sync::OnceCell<crate::service::send::DefaultSender>,
 }
 
 impl SecretDefaultSender {
-    pub fn new(secret_id: String) -> Self {
+    pub fn new(secret_id: String, timeout: std::time::Duration) -> Self {
         Self {
             secret_id,
+            timeout,
             cached: tokio::sync::OnceCell::new(),
         }
     }
@@ -754,7 +759,7 @@ impl crate::service::send::DefaultSenderSource for SecretDefaultSender {
         let sender = self
             .cached
             .get_or_try_init(|| async {
-                let sdk = load_sdk_config().await;
+                let sdk = load_sdk_config(self.timeout).await;
                 let client = aws_sdk_secretsmanager::Client::new(&sdk);
                 let out = client
                     .get_secret_value()
