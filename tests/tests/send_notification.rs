@@ -739,3 +739,107 @@ async fn an_api_gateway_response_carries_cookies_for_the_v2_payload_parser() {
         serde_json::from_value(r.clone());
     assert!(parsed.is_ok(), "not a valid payload 2.0 response: {r}");
 }
+
+// ------------------------------------------------------------------------ basic-auth mailboxes
+
+/// A verified basic-auth mailbox on the SMTP peer; returns (id, username).
+async fn verified_basic_mailbox(t: &TestApp) -> (String, String) {
+    let user = test_user("basic");
+    let (status, created) = t
+        .call(
+            "POST",
+            "/mailboxes",
+            Some(json!({
+                "auth": "basic",
+                "provider": "custom",
+                "username": user,
+                "smtp_host": peer_env("OM_TEST_SMTP_HOST"),
+                "smtp_port": peer_env("OM_TEST_SMTP_PORT").parse::<u16>().unwrap(),
+                "smtp_security": "starttls",
+                "password": "correct-horse",
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, v) = t
+        .call("POST", &format!("/mailboxes/{id}/verify"), None)
+        .await;
+    assert_eq!((status, &v["status"]), (200, &json!("verified")), "{v}");
+    (id, user)
+}
+
+/// Overwrite the stored password behind the service's back (as another process would).
+async fn store_password(t: &TestApp, id: &str, password: &str) {
+    use outgoing_mail_tests::outgoing_mail::domain::{MailboxId, Sensitive};
+    let mid = MailboxId::parse(id).unwrap();
+    let mut secret = t.secret(id).await.expect("secret");
+    secret.password = Some(Sensitive::new(password));
+    t.app.secrets.put(&t.tenant, &mid, &secret).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_warm_process_sends_from_a_basic_mailbox_without_rereading_its_password() {
+    let t = TestApp::spawn(Backend::Embedded).await;
+    let (id, user) = verified_basic_mailbox(&t).await;
+    let send = |i: usize| {
+        let mut n = notification(&unique(&format!("basic-{i}")), &test_user("rcpt"));
+        n["mailbox_id"] = json!(id);
+        n
+    };
+    let (status, r) = post(&t, send(1)).await;
+    assert_eq!((status, &r["status"]), (202, &json!("delivered")), "{r}");
+    // the stored password now differs: the warm process still uses the one it read
+    store_password(&t, &id, "not-what-the-server-accepts").await;
+    let (status, r) = post(&t, send(2)).await;
+    assert_eq!((status, &r["status"]), (202, &json!("delivered")), "{r}");
+    assert_eq!(smtp_stats(&user).await["messages"], 2);
+}
+
+#[tokio::test]
+async fn a_changed_basic_password_is_read_again_when_the_server_refuses_the_cached_one() {
+    use outgoing_mail_tests::outgoing_mail::domain::{MailboxId, Sensitive};
+    let t = TestApp::spawn(Backend::Embedded).await;
+    let (id, user) = verified_basic_mailbox(&t).await;
+    // this process holds an outdated password; the store has the right one
+    let key = (t.tenant.clone(), MailboxId::parse(&id).unwrap());
+    t.app
+        .warm
+        .put_password(&key, Sensitive::new("the-old-password"));
+    let mut n = notification(&unique("basic-changed"), &test_user("rcpt"));
+    n["mailbox_id"] = json!(id);
+    let (status, r) = post(&t, n).await;
+    assert_eq!((status, &r["status"]), (202, &json!("delivered")), "{r}");
+    let stats = smtp_stats(&user).await;
+    assert_eq!(
+        (&stats["auth_failed"], &stats["messages"]),
+        (&json!(1), &json!(1)),
+        "{stats}"
+    );
+    let (_, m) = t.call("GET", &format!("/mailboxes/{id}"), None).await;
+    assert_eq!(
+        m["status"], "verified",
+        "one refused cached password is no verdict: {m}"
+    );
+
+    // both wrong: the send falls back and the mailbox tells the truth
+    store_password(&t, &id, "also-wrong").await;
+    t.app
+        .warm
+        .put_password(&key, Sensitive::new("the-old-password"));
+    let mut n = notification(&unique("basic-wrong"), &test_user("rcpt"));
+    n["mailbox_id"] = json!(id);
+    let (_, r) = post(&t, n).await;
+    let stats = smtp_stats(&user).await;
+    assert_eq!(
+        (&stats["auth_failed"], &stats["messages"]),
+        (&json!(3), &json!(1)),
+        "the cached password and the re-read one were both refused, nothing sent as the mailbox: {stats} {r}"
+    );
+    let (_, m) = t.call("GET", &format!("/mailboxes/{id}"), None).await;
+    assert_eq!(
+        (&m["status"], &m["status_reason"]),
+        (&json!("not_verified"), &json!("credentials_rejected")),
+        "{m}"
+    );
+}

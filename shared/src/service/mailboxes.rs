@@ -139,6 +139,9 @@ pub async fn patch(
                 next.state.has_password = false;
             }
             app.secrets.put(tenant, id, &secret).await?;
+            // this process sends with the new password from now on (others re-read it within
+            // warm::PASSWORD_TTL, or at once when the server refuses the old one)
+            app.warm.forget_password(&(tenant.clone(), id.clone()));
         }
         if reauthorize {
             let keep = (
@@ -187,6 +190,7 @@ pub async fn delete(app: &App, tenant: &TenantId, id: &MailboxId) -> Result<(), 
     load(app, tenant, id).await?;
     // secret first: if removing it fails, the record stays and the delete can be retried
     app.secrets.delete(tenant, id).await?;
+    app.warm.forget_password(&(tenant.clone(), id.clone()));
     if !app.mailboxes.delete(tenant, id).await? {
         return Err(ServiceError::NotFound);
     }

@@ -523,26 +523,61 @@ async fn send_via_mailbox(
             }
         }
         _ => {
-            let secret = app.secrets.get(&m.tenant, &m.id).await.map_err(|e| {
-                SendFailure::Transient(Failure {
-                    reason: StatusReason::ConnectionFailed,
-                    detail: e.to_string(),
-                    permanence: Permanence::Transient,
-                })
-            })?;
-            let Some(password) = secret.and_then(|s| s.password) else {
-                return Err(SendFailure::Mailbox(Failure {
-                    reason: StatusReason::PasswordMissing,
-                    detail: "no password stored".into(),
-                    permanence: Permanence::Permanent,
-                }));
+            let key = (m.tenant.clone(), m.id.clone());
+            let read_password = || async {
+                let secret = app.secrets.get(&m.tenant, &m.id).await.map_err(|e| {
+                    SendFailure::Transient(Failure {
+                        reason: StatusReason::ConnectionFailed,
+                        detail: e.to_string(),
+                        permanence: Permanence::Transient,
+                    })
+                })?;
+                let Some(password) = secret.and_then(|s| s.password) else {
+                    return Err(SendFailure::Mailbox(Failure {
+                        reason: StatusReason::PasswordMissing,
+                        detail: "no password stored".into(),
+                        permanence: Permanence::Permanent,
+                    }));
+                };
+                app.warm.put_password(&key, password.clone());
+                Ok(password)
             };
-            let creds = SmtpCredentials::Password { user, password };
-            app.mail
+            let cached = app.warm.password(&key);
+            let from_cache = cached.is_some();
+            let password = match cached {
+                Some(p) => p,
+                None => read_password().await?,
+            };
+            let creds = SmtpCredentials::Password {
+                user: user.clone(),
+                password: password.clone(),
+            };
+            match app
+                .mail
                 .send(&pool_key, &resolved.smtp, &creds, &message)
                 .await
-                .map(|r| (r, message.message_id))
-                .map_err(classify_send)
+            {
+                Ok(r) => Ok((r, message.message_id)),
+                Err(e) if from_cache && e.reason == StatusReason::CredentialsRejected => {
+                    // the password may have changed since this process read it: read it again,
+                    // and try once more only if it did
+                    app.warm.forget_password(&key);
+                    let fresh = read_password().await?;
+                    if fresh == password {
+                        return Err(classify_send(e));
+                    }
+                    let creds = SmtpCredentials::Password {
+                        user,
+                        password: fresh,
+                    };
+                    app.mail
+                        .send(&pool_key, &resolved.smtp, &creds, &message)
+                        .await
+                        .map(|r| (r, message.message_id))
+                        .map_err(classify_send)
+                }
+                Err(e) => Err(classify_send(e)),
+            }
         }
     }
 }

@@ -4,12 +4,17 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
 use crate::domain::{MailboxId, Sensitive, TenantId};
 
 pub type MailboxKey = (TenantId, MailboxId);
+
+/// How long a warm process sends with a password it read, before reading the secret again (a
+/// password the server refuses is re-read at once, so a changed one is picked up anyway).
+pub const PASSWORD_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct CachedToken {
@@ -20,6 +25,8 @@ pub struct CachedToken {
 #[derive(Default)]
 pub struct WarmCache {
     tokens: Mutex<HashMap<MailboxKey, CachedToken>>,
+    /// Basic-auth passwords, read from the secret store at most every `PASSWORD_TTL`.
+    passwords: Mutex<HashMap<MailboxKey, (Sensitive, Instant)>>,
     flights: Mutex<HashMap<MailboxKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -36,6 +43,31 @@ impl WarmCache {
 
     pub fn forget(&self, key: &MailboxKey) {
         if let Ok(mut m) = self.tokens.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// The mailbox's password if it was read from the secret store within `PASSWORD_TTL`.
+    pub fn password(&self, key: &MailboxKey) -> Option<Sensitive> {
+        let mut m = self.passwords.lock().ok()?;
+        match m.get(key) {
+            Some((p, at)) if at.elapsed() < PASSWORD_TTL => Some(p.clone()),
+            Some(_) => {
+                m.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn put_password(&self, key: &MailboxKey, password: Sensitive) {
+        if let Ok(mut m) = self.passwords.lock() {
+            m.insert(key.clone(), (password, Instant::now()));
+        }
+    }
+
+    pub fn forget_password(&self, key: &MailboxKey) {
+        if let Ok(mut m) = self.passwords.lock() {
             m.remove(key);
         }
     }
