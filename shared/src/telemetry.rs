@@ -2,25 +2,71 @@
 //! Levels come from RUST_LOG or AWS_LAMBDA_LOG_LEVEL. Secrets are never logged: they are
 //! `Sensitive` values whose Debug and Display print `[redacted]`.
 
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// `RUST_LOG`-style directives without regular expressions (`info`,
+/// `outgoing_mail=debug,warn`): `Targets` keeps the regex engine of `EnvFilter` out of every
+/// Lambda binary. Lambda's `FATAL` is `error` here; anything unreadable is `info`, and targets
+/// no directive names log at `info` (a typo never silences the logs).
+fn filter(directives: &str) -> Targets {
+    let directives = directives
+        .trim()
+        .to_ascii_lowercase()
+        .replace("fatal", "error");
+    let targets: Targets = directives.parse().unwrap_or_default();
+    match targets.default_level() {
+        Some(_) => targets,
+        None => targets.with_default(Level::INFO),
+    }
+}
 
 pub fn init() {
     let level = std::env::var("RUST_LOG")
-        .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL").map(|l| l.to_lowercase()))
+        .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL"))
         .unwrap_or_else(|_| "info".to_owned());
-    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
         || std::env::var("AWS_LAMBDA_FUNCTION_NAME").is_ok();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter(&level));
     let _ = if json {
-        builder
-            .json()
-            .without_time()
-            .with_current_span(false)
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .without_time()
+                    .with_current_span(false)
+                    .with_target(false),
+            )
             .try_init()
     } else {
-        builder.with_ansi(false).try_init()
+        registry
+            .with(fmt::layer().with_ansi(false).with_target(false))
+            .try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter;
+    use tracing::Level;
+
+    #[test]
+    fn levels_and_directives() {
+        let f = filter("DEBUG");
+        assert!(f.would_enable("outgoing_mail", &Level::DEBUG));
+        assert!(!f.would_enable("outgoing_mail", &Level::TRACE));
+        let f = filter("outgoing_mail=debug,warn");
+        assert!(f.would_enable("outgoing_mail::service", &Level::DEBUG));
+        assert!(!f.would_enable("aws_smithy_runtime", &Level::INFO));
+        assert!(f.would_enable("aws_smithy_runtime", &Level::WARN));
+        let f = filter("FATAL");
+        assert!(f.would_enable("x", &Level::ERROR));
+        assert!(!f.would_enable("x", &Level::WARN));
+        let f = filter("not a level!");
+        assert!(f.would_enable("x", &Level::INFO));
+        assert!(!f.would_enable("x", &Level::DEBUG));
+    }
 }
