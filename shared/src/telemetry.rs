@@ -55,18 +55,39 @@ mod tests {
 
     #[test]
     fn levels_and_directives() {
-        let f = filter("DEBUG");
-        assert!(f.would_enable("outgoing_mail", &Level::DEBUG));
-        assert!(!f.would_enable("outgoing_mail", &Level::TRACE));
-        let f = filter("outgoing_mail=debug,warn");
-        assert!(f.would_enable("outgoing_mail::service", &Level::DEBUG));
-        assert!(!f.would_enable("aws_smithy_runtime", &Level::INFO));
-        assert!(f.would_enable("aws_smithy_runtime", &Level::WARN));
-        let f = filter("FATAL");
-        assert!(f.would_enable("x", &Level::ERROR));
-        assert!(!f.would_enable("x", &Level::WARN));
-        let f = filter("not a level!");
-        assert!(f.would_enable("x", &Level::INFO));
-        assert!(!f.would_enable("x", &Level::DEBUG));
+        for (directives, target, level, enabled) in [
+            ("DEBUG", "outgoing_mail", Level::DEBUG, true),
+            ("DEBUG", "outgoing_mail", Level::TRACE, false),
+            (
+                "outgoing_mail=debug,warn",
+                "outgoing_mail::service",
+                Level::DEBUG,
+                true,
+            ),
+            (
+                "outgoing_mail=debug,warn",
+                "aws_smithy_runtime",
+                Level::INFO,
+                false,
+            ),
+            (
+                "outgoing_mail=debug,warn",
+                "aws_smithy_runtime",
+                Level::WARN,
+                true,
+            ),
+            ("FATAL", "x", Level::ERROR, true),
+            ("FATAL", "x", Level::WARN, false),
+            // a typo never silences the logs
+            ("not a level!", "x", Level::INFO, true),
+            ("not a level!", "x", Level::DEBUG, false),
+            ("outgoing_mail=trace", "aws_config", Level::INFO, true),
+        ] {
+            assert_eq!(
+                filter(directives).would_enable(target, &level),
+                enabled,
+                "{directives}: {target} at {level}"
+            );
+        }
     }
 }

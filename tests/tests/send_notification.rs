@@ -14,6 +14,16 @@ fn notification(id: &str, to: &str) -> Value {
     })
 }
 
+/// A parsed notification from `mailbox` (an API view) to a fresh recipient, with a unique id.
+fn from_mailbox(
+    mailbox: &Value,
+    prefix: &str,
+) -> outgoing_mail_tests::outgoing_mail::domain::notification::Notification {
+    let mut n = notification(&unique(prefix), &test_user("rcpt"));
+    n["mailbox_id"] = mailbox["id"].clone();
+    outgoing_mail_tests::outgoing_mail::domain::notification::parse_notification(&n).unwrap()
+}
+
 async fn post(t: &TestApp, body: Value) -> (u16, Value) {
     t.call("POST", "/notifications", Some(body)).await
 }
@@ -198,15 +208,9 @@ async fn a_burst_from_one_container_uses_at_most_three_smtp_sessions_and_keeps_t
     let burst = |round: usize| {
         let mut tasks = Vec::new();
         for i in 0..20 {
-            let mut n = notification(&unique(&format!("pool-{round}-{i}")), &test_user("rcpt"));
-            n["mailbox_id"] = mailbox["id"].clone();
+            let n = from_mailbox(&mailbox, &format!("pool-{round}-{i}"));
             let (app, tenant) = (t.app.clone(), t.tenant.clone());
             tasks.push(tokio::spawn(async move {
-                let n =
-                    outgoing_mail_tests::outgoing_mail::domain::notification::parse_notification(
-                        &n,
-                    )
-                    .unwrap();
                 outgoing_mail_tests::outgoing_mail::service::send::deliver(&app, &tenant, &n).await
             }));
         }
@@ -244,11 +248,7 @@ async fn a_pooled_connection_sends_without_waiting_for_delayed_acks() {
     // 200 ms against Exchange) on every message. The SMTP adapter's sockets set TCP_NODELAY.
     let t = TestApp::spawn(Backend::Embedded).await;
     let (mailbox, user, _) = t.verified_mailbox("", "nodelay", json!({})).await;
-    let send = |i: usize| {
-        let mut n = notification(&unique(&format!("nodelay-{i}")), &test_user("rcpt"));
-        n["mailbox_id"] = mailbox["id"].clone();
-        outgoing_mail_tests::outgoing_mail::domain::notification::parse_notification(&n).unwrap()
-    };
+    let send = |i: usize| from_mailbox(&mailbox, &format!("nodelay-{i}"));
     // the first send opens the pooled connection
     let r = outgoing_mail_tests::outgoing_mail::service::send::deliver(&t.app, &t.tenant, &send(0))
         .await;
@@ -344,10 +344,7 @@ async fn a_pooled_connection_the_server_closed_is_replaced_without_failing_the_s
     let t = TestApp::spawn(Backend::Embedded).await;
     let (mailbox, user, _) = t.verified_mailbox("", "dropped", json!({})).await;
     let send = |i: usize| {
-        let mut n = notification(&unique(&format!("dropped-{i}")), &test_user("rcpt"));
-        n["mailbox_id"] = mailbox["id"].clone();
-        let n = outgoing_mail_tests::outgoing_mail::domain::notification::parse_notification(&n)
-            .unwrap();
+        let n = from_mailbox(&mailbox, &format!("dropped-{i}"));
         let (app, tenant) = (t.app.clone(), t.tenant.clone());
         async move {
             outgoing_mail_tests::outgoing_mail::service::send::deliver(&app, &tenant, &n).await

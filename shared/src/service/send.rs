@@ -479,7 +479,11 @@ async fn send_via_mailbox(
         .map_err(|e| SendFailure::Message("invalid_mailbox".into(), e.to_string()))?;
     let pool_key = format!("{}/{}", m.tenant, m.id);
     let user = m.spec.username.as_str().to_owned();
-    match (m.spec.auth, &resolved.oauth) {
+    let send = |creds: SmtpCredentials| {
+        let (pool_key, smtp, message) = (&pool_key, &resolved.smtp, &message);
+        async move { app.mail.send(pool_key, smtp, &creds, message).await }
+    };
+    let sent = match (m.spec.auth, &resolved.oauth) {
         (AuthKind::Oauth2, Some(settings)) => {
             let token_failure = |e: crate::ports::TokenError| {
                 let f = Failure::from(e);
@@ -493,33 +497,25 @@ async fn send_via_mailbox(
                 .await
                 .map_err(token_failure)?;
             note_refresh(app, m, first.refreshed).await;
-            let creds = SmtpCredentials::Xoauth2 {
+            match send(SmtpCredentials::Xoauth2 {
                 user: user.clone(),
                 access_token: first.token.clone(),
-            };
-            match app
-                .mail
-                .send(&pool_key, &resolved.smtp, &creds, &message)
-                .await
+            })
+            .await
             {
-                Ok(r) => Ok((r, message.message_id)),
                 Err(e) if e.reason == StatusReason::TokenRejected => {
                     // refresh once and retry with the fresh token
                     let second = access_token(app, m, settings, Some(&first.token))
                         .await
                         .map_err(token_failure)?;
                     note_refresh(app, m, second.refreshed).await;
-                    let creds = SmtpCredentials::Xoauth2 {
+                    send(SmtpCredentials::Xoauth2 {
                         user,
                         access_token: second.token,
-                    };
-                    app.mail
-                        .send(&pool_key, &resolved.smtp, &creds, &message)
-                        .await
-                        .map(|r| (r, message.message_id))
-                        .map_err(classify_send)
+                    })
+                    .await
                 }
-                Err(e) => Err(classify_send(e)),
+                sent => sent,
             }
         }
         _ => {
@@ -548,38 +544,33 @@ async fn send_via_mailbox(
                 Some(p) => p,
                 None => read_password().await?,
             };
-            let creds = SmtpCredentials::Password {
+            match send(SmtpCredentials::Password {
                 user: user.clone(),
                 password: password.clone(),
-            };
-            match app
-                .mail
-                .send(&pool_key, &resolved.smtp, &creds, &message)
-                .await
+            })
+            .await
             {
-                Ok(r) => Ok((r, message.message_id)),
                 Err(e) if from_cache && e.reason == StatusReason::CredentialsRejected => {
                     // the password may have changed since this process read it: read it again,
                     // and try once more only if it did
                     app.warm.forget_password(&key);
                     let fresh = read_password().await?;
                     if fresh == password {
-                        return Err(classify_send(e));
-                    }
-                    let creds = SmtpCredentials::Password {
-                        user,
-                        password: fresh,
-                    };
-                    app.mail
-                        .send(&pool_key, &resolved.smtp, &creds, &message)
+                        Err(e)
+                    } else {
+                        send(SmtpCredentials::Password {
+                            user,
+                            password: fresh,
+                        })
                         .await
-                        .map(|r| (r, message.message_id))
-                        .map_err(classify_send)
+                    }
                 }
-                Err(e) => Err(classify_send(e)),
+                sent => sent,
             }
         }
-    }
+    };
+    sent.map(|r| (r, message.message_id.clone()))
+        .map_err(classify_send)
 }
 
 /// Record token metadata on the mailbox after a refresh (rare: once an hour at most).
