@@ -1,4 +1,7 @@
-//! SMTP adapter on `lettre` (rustls): verification = connect, STARTTLS/TLS, AUTH, QUIT.
+//! SMTP adapter on `lettre` (rustls): verification = connect, STARTTLS/TLS, AUTH, QUIT;
+//! sending = an authenticated connection from this adapter's own per-mailbox pool (at most 3,
+//! on `TCP_NODELAY` sockets: lettre ends a message in two writes, which Nagle's algorithm
+//! would hold for the server's delayed ACK), a fresh one when none is idle.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
