@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 
 pub use outgoing_mail;
 
+pub mod bench;
+
 /// Which storage backend a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -33,11 +33,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use outgoing_mail_tests::bench::{loadavg, machine, ms, percentile, write_region};
 use outgoing_mail_tests::outgoing_mail::api::Function;
 use outgoing_mail_tests::outgoing_mail::domain::{MailboxId, TenantId};
 use outgoing_mail_tests::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 const BEGIN: &str =
@@ -193,13 +195,48 @@ async fn serve_runtime_relay(listener: TcpListener, upstream: SocketAddr, log: A
     }
 }
 
+/// Copy `from` to `to`, telling `seen` about each chunk and when it arrived; shut `to` down
+/// at the end of the stream.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut seen: impl FnMut(&[u8], Instant),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        seen(&buf[..n], Instant::now());
+        to.write_all(&buf[..n]).await?;
+    }
+    to.shutdown().await
+}
+
+/// Relay both ways between `client` and `server`; when either side is done, close both (a
+/// killed function must not leave a request pending in the emulator on a half-open
+/// connection).
+async fn relay(
+    client: (OwnedReadHalf, OwnedWriteHalf),
+    server: (OwnedReadHalf, OwnedWriteHalf),
+    up: impl FnMut(&[u8], Instant),
+    down: impl FnMut(&[u8], Instant),
+) -> std::io::Result<()> {
+    let ((cr, cw), (sr, sw)) = (client, server);
+    tokio::select! {
+        r = pump(cr, sw, up) => r,
+        r = pump(sr, cw, down) => r,
+    }
+}
+
 async fn runtime_conn(
     client: TcpStream,
     upstream: SocketAddr,
     log: Arc<RtLog>,
 ) -> std::io::Result<()> {
     client.set_nodelay(true)?;
-    let (mut cr, mut cw) = client.into_split();
+    let (mut cr, cw) = client.into_split();
     let mut first = vec![0u8; 64 * 1024];
     // read (and timestamp) the first request before connecting upstream, so the init time
     // is not stretched by the relay's own connect
@@ -208,46 +245,23 @@ async fn runtime_conn(
     if n == 0 {
         return Ok(());
     }
-    let awaiting = Arc::new(AtomicBool::new(false));
+    let awaiting = AtomicBool::new(false);
     classify_runtime(&first[..n], at, &log, &awaiting);
     let server = TcpStream::connect(upstream).await?;
     server.set_nodelay(true)?;
-    let (mut sr, mut sw) = server.into_split();
+    let (sr, mut sw) = server.into_split();
     sw.write_all(&first[..n]).await?;
-    let (log2, awaiting2) = (log.clone(), awaiting.clone());
-    let up = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = cr.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            classify_runtime(&buf[..n], Instant::now(), &log2, &awaiting2);
-            sw.write_all(&buf[..n]).await?;
-        }
-        sw.shutdown().await
-    };
-    let down = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = sr.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            let at = Instant::now();
+    relay(
+        (cr, cw),
+        (sr, sw),
+        |chunk, at| classify_runtime(chunk, at, &log, &awaiting),
+        |_, at| {
             if awaiting.swap(false, Ordering::SeqCst) {
                 log.push(at, Rt::Delivered);
             }
-            cw.write_all(&buf[..n]).await?;
-        }
-        cw.shutdown().await
-    };
-    // when either side is done, close both (a killed function must not leave a request
-    // pending in the emulator on a half-open connection)
-    tokio::select! {
-        r = up => r,
-        r = down => r,
-    }
+        },
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -362,53 +376,29 @@ async fn peer_conn(
     log: Arc<PeerLog>,
 ) -> std::io::Result<()> {
     // the wait starts at connect (SMTP servers speak first; the connect itself is peer time)
-    let cur = Arc::new(Mutex::new((log.open(peer, accepted), false)));
+    let cur = Mutex::new((log.open(peer, accepted), false));
     let server = TcpStream::connect(upstream).await?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let (log2, cur2) = (log.clone(), cur.clone());
-    let up = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = cr.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            let at = Instant::now();
-            if let Ok(mut c) = cur2.lock()
+    relay(
+        client.into_split(),
+        server.into_split(),
+        |_, at| {
+            if let Ok(mut c) = cur.lock()
                 && c.1
             {
                 // the client speaks after the server answered: a new wait begins
-                *c = (log2.open(peer, at), false);
+                *c = (log.open(peer, at), false);
             }
-            sw.write_all(&buf[..n]).await?;
-        }
-        sw.shutdown().await
-    };
-    let down = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = sr.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            let at = Instant::now();
+        },
+        |_, at| {
             if let Ok(mut c) = cur.lock() {
                 log.extend(c.0, at);
                 c.1 = true;
             }
-            cw.write_all(&buf[..n]).await?;
-        }
-        cw.shutdown().await
-    };
-    // when either side is done, close both (a killed function must not leave a request
-    // pending in the emulator on a half-open connection)
-    tokio::select! {
-        r = up => r,
-        r = down => r,
-    }
+        },
+    )
+    .await
 }
 
 async fn relay_for(peer: usize, upstream: SocketAddr, log: Arc<PeerLog>) -> Result<u16, String> {
@@ -781,20 +771,6 @@ async fn event_for(f: &str, c: &Ctx) -> Result<(Value, fn(&Value) -> bool), Stri
 // Statistics and output
 // ---------------------------------------------------------------------------------------------
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
-    s[rank.min(s.len()) - 1]
-}
-
 struct FnResult {
     name: String,
     size_bytes: u64,
@@ -805,38 +781,6 @@ struct FnResult {
     warm_cpu_ms: Option<f64>,
     rss_kb: Vec<u64>,
     failures: Vec<String>,
-}
-
-fn machine() -> (String, usize) {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    (cpu, cores)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn write_region(path: &PathBuf, body: &str) -> Result<(), String> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{BEGIN}\n{body}{END}");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &old[..a], &old[b + END.len()..]),
-        _ => format!("{old}\n{block}\n"),
-    };
-    std::fs::write(path, new).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn mark(ok: bool) -> &'static str {
@@ -1146,11 +1090,11 @@ async fn run() -> Result<(), String> {
         a.mailboxes.clamp(1, 100),
         a.cold,
         a.warm,
-        pct(&getitem, 50.0),
-        pct(&getitem, 99.0),
-        pct(&baseline.iter().map(|i| ms(i.client)).collect::<Vec<_>>(), 50.0),
-        pct(&baseline.iter().map(|i| ms(i.client)).collect::<Vec<_>>(), 99.0),
-        pct(&baseline.iter().map(|i| ms(i.handler)).collect::<Vec<_>>(), 50.0),
+        percentile(&getitem, 50.0),
+        percentile(&getitem, 99.0),
+        percentile(&baseline.iter().map(|i| ms(i.client)).collect::<Vec<_>>(), 50.0),
+        percentile(&baseline.iter().map(|i| ms(i.client)).collect::<Vec<_>>(), 99.0),
+        percentile(&baseline.iter().map(|i| ms(i.handler)).collect::<Vec<_>>(), 50.0),
     ));
     md.push_str("| function | representative event | init p50 (p90, max) | first invocation p50: handler / peers / own | warm handler p50 / p99 | warm peers p50 (moto · oauth · smtp) | **warm own overhead p50** / p99 | warm CPU per invocation | invoke via emulator p50 | peak RSS max (p50) | binary (x86_64, stripped) |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -1195,42 +1139,42 @@ async fn run() -> Result<(), String> {
             } else {
                 String::new()
             },
-            pct(init, 50.0),
-            pct(init, 90.0),
-            pct(init, 100.0),
-            pct(&f_handler, 50.0),
-            pct(&f_peers, 50.0),
-            pct(&f_own, 50.0),
-            pct(&w_handler, 50.0),
-            pct(&w_handler, 99.0),
-            pct(&w_peers, 50.0),
-            pct(&w_by[0], 50.0),
-            pct(&w_by[1], 50.0),
-            pct(&w_by[2], 50.0),
-            pct(&w_own, 50.0),
-            pct(&w_own, 99.0),
+            percentile(init, 50.0),
+            percentile(init, 90.0),
+            percentile(init, 100.0),
+            percentile(&f_handler, 50.0),
+            percentile(&f_peers, 50.0),
+            percentile(&f_own, 50.0),
+            percentile(&w_handler, 50.0),
+            percentile(&w_handler, 99.0),
+            percentile(&w_peers, 50.0),
+            percentile(&w_by[0], 50.0),
+            percentile(&w_by[1], 50.0),
+            percentile(&w_by[2], 50.0),
+            percentile(&w_own, 50.0),
+            percentile(&w_own, 99.0),
             r.warm_cpu_ms
                 .map(|c| format!("{c:.2} ms"))
                 .unwrap_or_else(|| "—".into()),
-            pct(&w_client, 50.0),
+            percentile(&w_client, 50.0),
             rss_max,
-            pct(&rss, 50.0),
+            percentile(&rss, 50.0),
             size_mb,
         ));
-        let init_ok = pct(init, 50.0) <= BUDGET_INIT_MS;
+        let init_ok = percentile(init, 50.0) <= BUDGET_INIT_MS;
         let rss_ok = rss_max <= BUDGET_RSS_MB;
-        let own_ok = pct(&w_own, 50.0) <= BUDGET_OVERHEAD_MS;
+        let own_ok = percentile(&w_own, 50.0) <= BUDGET_OVERHEAD_MS;
         let size_ok = size_mb <= BUDGET_SIZE_MB;
         budget_rows.push_str(&format!(
             "| {}{} | {} {:.1} ms | {} {:.1} MB | {} {:.2} ms | {} {:.2} MB (x86_64; arm64 not buildable here) |\n",
             r.name,
             if fails > 0 { " (**unexpected answers**)" } else { "" },
             mark(init_ok),
-            pct(init, 50.0),
+            percentile(init, 50.0),
             mark(rss_ok),
             rss_max,
             mark(own_ok),
-            pct(&w_own, 50.0),
+            percentile(&w_own, 50.0),
             mark(size_ok),
             size_mb,
         ));
@@ -1256,7 +1200,7 @@ async fn run() -> Result<(), String> {
     );
     println!("\n## Cold start and footprint\n\n{md}");
     if let Some(path) = &a.write_md {
-        write_region(path, &md)?;
+        write_region(path, BEGIN, END, &md)?;
         eprintln!("bench-coldstart: wrote the table into {}", path.display());
     }
     Ok(())

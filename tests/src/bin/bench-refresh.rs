@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use outgoing_mail_tests::bench::{machine, write_region};
 use outgoing_mail_tests::outgoing_mail::app::{App, Stores, Tenancy};
 use outgoing_mail_tests::outgoing_mail::domain::mailbox::{
     MailboxRecord, MailboxState, MailboxStatus, parse_mailbox_input,
@@ -306,31 +307,15 @@ async fn main() {
     }
     println!("{table}");
     if let Some(path) = arg("--write-md") {
-        let host = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| {
-                c.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-            })
-            .unwrap_or_default();
+        let (host, cores) = machine();
         let section = format!(
-            "{BEGIN}\n## token-refresh: cost follows the due mailboxes\n\nOne run of the job (concurrency 64) against moto, the OAuth peer and the SMTP peer on loopback; {due_percent} % of the mailboxes due (token expiring within the margin), each due one refreshed at the real OAuth peer and verified over SMTP. Items read = records returned by the due index plus the per-mailbox re-reads. Machine: {} cores, {host}, shared and noisy; {}.\n\n{table}\nThe index query reads only due mailboxes: items read, token requests and secret writes grow with the due count (×10 from 1,000 to 10,000 mailboxes because the due count grows ×10), never with the not-due ones (per due mailbox: 3 items read, 1 token request, 1 Secrets Manager write, 1 record write). One Secrets Manager write per refreshed mailbox (the rotated refresh token), well under AWS's one per 10 minutes per secret.\n\nWall time here is bound by moto (one Python process serving DynamoDB and Secrets Manager for all 64 workers); against AWS and a real provider the same run is limited by `OUTGOING_MAIL_REFRESH_CONCURRENCY` (default 64) and the provider's latency: at ~300 ms per mailbox (refresh + SMTP AUTH), 10,000 due mailboxes take ~50 s. The run stops taking new mailboxes 30 s before the Lambda deadline and the next run picks up the rest.\n{END}\n",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
+            "## token-refresh: cost follows the due mailboxes\n\nOne run of the job (concurrency 64) against moto, the OAuth peer and the SMTP peer on loopback; {due_percent} % of the mailboxes due (token expiring within the margin), each due one refreshed at the real OAuth peer and verified over SMTP. Items read = records returned by the due index plus the per-mailbox re-reads. Machine: {} cores, {host}, shared and noisy; {}.\n\n{table}\nThe index query reads only due mailboxes: items read, token requests and secret writes grow with the due count (×10 from 1,000 to 10,000 mailboxes because the due count grows ×10), never with the not-due ones (per due mailbox: 3 items read, 1 token request, 1 Secrets Manager write, 1 record write). One Secrets Manager write per refreshed mailbox (the rotated refresh token), well under AWS's one per 10 minutes per secret.\n\nWall time here is bound by moto (one Python process serving DynamoDB and Secrets Manager for all 64 workers); against AWS and a real provider the same run is limited by `OUTGOING_MAIL_REFRESH_CONCURRENCY` (default 64) and the provider's latency: at ~300 ms per mailbox (refresh + SMTP AUTH), 10,000 due mailboxes take ~50 s. The run stops taking new mailboxes 30 s before the Lambda deadline and the next run picks up the rest.\n",
+            cores,
             OffsetDateTime::now_utc().date(),
         );
-        let md = std::fs::read_to_string(&path).unwrap_or_default();
-        let out = match (md.find(BEGIN), md.find(END)) {
-            (Some(a), Some(b)) => format!(
-                "{}{}{}",
-                &md[..a],
-                section,
-                &md[b + END.len()..].trim_start_matches('\n')
-            ),
-            _ => format!("{}\n{section}", md.trim_end()),
-        };
-        std::fs::write(&path, out).unwrap();
+        if let Err(e) = write_region(std::path::Path::new(&path), BEGIN, END, &section) {
+            eprintln!("bench-refresh: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use outgoing_mail_tests::bench::{loadavg, machine, percentile, write_region};
 use outgoing_mail_tests::outgoing_mail::app::{App, Tenancy};
 use outgoing_mail_tests::outgoing_mail::config::Settings;
 use outgoing_mail_tests::outgoing_mail::domain::notification::parse_notification;
@@ -218,50 +219,6 @@ fn median(v: &[f64]) -> f64 {
     percentile(v, 50.0)
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    // nearest-rank
-    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
-    s[rank.min(s.len()) - 1]
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} × {cpu}")
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// Replace the generated region of `path` (or append it) with `body`.
-fn write_region(path: &PathBuf, begin: &str, end: &str, body: &str) -> Result<(), String> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{begin}\n{body}{end}");
-    let new = match (old.find(begin), old.find(end)) {
-        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &old[..a], &old[b + end.len()..]),
-        _ => format!("{old}\n{block}\n"),
-    };
-    std::fs::write(path, new).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
@@ -355,7 +312,10 @@ async fn run() -> Result<(), String> {
         a.n,
         a.concurrency,
         a.rounds,
-        machine()
+        {
+            let (cpu, cores) = machine();
+            format!("{cores} × {cpu}")
+        }
     ));
     md.push_str("| store | path | msg/s (median of rounds) | msg/s per round | latency p50 / p99 per message | SMTP connections opened per round | most concurrent SMTP sessions | OAuth refreshes |\n");
     md.push_str("|---|---|---:|---|---|---|---:|---:|\n");
