@@ -64,13 +64,13 @@ const AWS_TRUST_ROOTS: &[u8] = include_bytes!("aws-trust-roots.pem");
 /// `attempt_timeout` bounds one attempt of a call (`OUTGOING_MAIL_AWS_TIMEOUT_SECS`); the whole
 /// call, retries included, gets three times as long.
 pub async fn load_sdk_config(attempt_timeout: std::time::Duration) -> aws_config::SdkConfig {
+    use aws_sdk_dynamodb::config::StalledStreamProtectionConfig;
+    use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    use std::time::Duration;
     let trust = TrustStore::empty()
         .with_native_roots(false)
         .with_pem_certificate(AWS_TRUST_ROOTS);
-    use aws_sdk_dynamodb::config::StalledStreamProtectionConfig;
-    use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-    use std::time::Duration;
     let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         // Every call here is small: a hung one must fail (and be retried) within seconds, not
         // hold the function until Lambda's own timeout. Bounded attempts also make the

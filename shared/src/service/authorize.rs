@@ -13,7 +13,7 @@ use crate::domain::{MailboxId, TenantId, truncate};
 use crate::ports::AuthState;
 
 use super::tokens::client_config;
-use super::verify::{Failure, Verification, VerifyMode, apply, check};
+use super::verify::{Failure, VerifyMode, apply, check};
 use super::warm::CachedToken;
 use super::{ServiceError, load, modify_from};
 
@@ -433,7 +433,6 @@ pub async fn callback(app: &App, params: &CallbackParams) -> CallbackOutcome {
             check(app, &record).await
         }
     );
-    let v: Verification = v;
     let record = match authorized {
         Ok(r) => r,
         Err(e) => {
